@@ -1,0 +1,119 @@
+"""The ``rg-tracer`` command: a thin click layer over the library.
+
+User mistakes raise :class:`rg_tracer.errors.UserError`; here they become one-line
+``click.ClickException`` messages (exit 1). Usage errors exit 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from rg_tracer.config import TrainConfig
+from rg_tracer.cli_options import options_from
+from rg_tracer.errors import UserError
+
+__all__ = ["main", "cli", "train_command"]
+
+
+def user_errors(func):
+    """Turn :class:`UserError` into a one-line click error instead of a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except UserError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+def _quiet_transformers() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="rg-tracer")
+def cli() -> None:
+    """Train small causal LMs with DAPO on GEPA reward vectors, and analyse how each axis moves."""
+
+
+@click.command("train")
+@options_from(TrainConfig)
+@user_errors
+def train_command(**options) -> None:
+    """Train a causal LM with DAPO on scorer reward vectors; log to OUTPUT_DIR/train.jsonl.
+
+    \b
+    Example:
+        rg-tracer init-model runs/tiny --arch qwen2
+        rg-tracer train --model runs/tiny --dataset datasets/toy_math/addition_small.jsonl \\
+            --output-dir runs/dapo_hybrid --batch-size 8 --group-size 8 --learning-rate 1e-3 \\
+            --max-steps 200 --eval-every 50
+    """
+    config = TrainConfig(**options)
+    _quiet_transformers()
+    from rg_tracer.dapo.dapo_hybrid_trainer import train
+
+    trainer = train(config)
+    click.echo(f"log: {trainer.run.log_path} (step {trainer.step})")
+    if trainer.step < config.max_steps:
+        click.echo(f"stopped early; continue with the same command plus --resume", err=True)
+
+
+@cli.command("init-model")
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--arch", type=click.Choice(["gpt2", "llama", "qwen2"]), default="qwen2", show_default=True,
+              help="Model family.")
+@click.option("--layers", type=int, default=2, show_default=True, help="Transformer blocks.")
+@click.option("--hidden", type=int, default=64, show_default=True, help="Hidden size.")
+@click.option("--heads", type=int, default=4, show_default=True, help="Attention heads (must divide --hidden).")
+@click.option("--max-positions", type=int, default=256, show_default=True, help="Longest prompt + completion.")
+@click.option("--alphabet", type=str, default=None, help="Characters the tokenizer covers (default: digits, operators, letters, punctuation).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Initialisation seed.")
+@user_errors
+def init_model_command(out_dir: Path, arch, layers, hidden, heads, max_positions, alphabet, seed) -> None:
+    """Build a randomly initialised model and character tokenizer in OUT_DIR (no hub needed).
+
+    \b
+    Example:
+        rg-tracer init-model runs/tiny-qwen2 --arch qwen2 --layers 2 --hidden 64 --heads 4
+    """
+    from rg_tracer.models import TinyModelSpec, init_model
+
+    _quiet_transformers()
+    spec = TinyModelSpec(arch=arch, layers=layers, hidden=hidden, heads=heads, max_positions=max_positions, seed=seed)
+    n = init_model(out_dir, spec, alphabet)
+    click.echo(f"{arch} model with {n:,} parameters written to {out_dir}; train it with --model {out_dir}")
+
+
+cli.add_command(train_command)
+
+
+def _register_analysis() -> None:
+    try:
+        from analysis.commands import analyze, ingest
+    except ImportError:  # analysis half not installed
+        return
+    cli.add_command(ingest)
+    cli.add_command(analyze)
+
+
+_register_analysis()
+
+
+def main() -> None:
+    cli(prog_name="rg-tracer")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Training options: one frozen dataclass, each field's help written once.
+
+``rg-tracer train`` and ``scripts/train_dapo_hybrid.py`` build their click options
+from these fields (``rg_tracer.cli_options``), so a new option is added here only.
+Cross-field rules live in ``__post_init__`` and say the value, the rule and the fix.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+from rg_tracer.errors import UserError
+
+__all__ = ["TrainConfig"]
+
+
+def opt(default, help: str, **extra):
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str = opt(None, "Hub name or local directory of a causal LM (build one with `rg-tracer init-model`).", required=True)
+    dataset: str = opt(None, "Training JSONL with 'prompt' and 'answer' per line.", required=True)
+    eval_dataset: str | None = opt(None, "Held-out JSONL for --eval-every (default: <dataset stem>_test.jsonl beside it, if present).")
+    output_dir: str = opt("runs/dapo_hybrid", "Run directory: train.jsonl and checkpoints/ go here.")
+    scorer: str = opt("arithmetic", "Built-in scorer name or 'package.module:Class'.")
+    reward_mixer: str = opt("configs/reward_mixer.yaml", "YAML/JSON of reward-axis weights used to mix rewards into the training scalar.")
+    batch_size: int = opt(4, "Prompts per step; each is sampled --group-size times.")
+    group_size: int = opt(2, "Completions per prompt; advantages are z-scored within each group.")
+    max_steps: int = opt(100, "Last optimisation step (counted across --resume).")
+    learning_rate: float = opt(1e-5, "AdamW learning rate.")
+    weight_decay: float = opt(0.0, "AdamW weight decay.")
+    clip_ratio: float = opt(0.2, "Policy-ratio clip range epsilon.")
+    clip_advantage: float = opt(5.0, "Advantages are clipped to +-this value.")
+    kl_coef: float = opt(0.1, "Weight of the KL penalty to the frozen reference model (0 disables it).")
+    kl_target: float | None = opt(None, "Adapt the KL weight towards this KL value (off when unset).")
+    kl_horizon: float = opt(1000.0, "Adaptive-KL horizon: larger moves the KL weight more slowly.")
+    max_grad_norm: float = opt(1.0, "Clip the gradient L2 norm to this value (the log records the norm before clipping).")
+    max_new_tokens: int = opt(32, "Maximum completion length in tokens.")
+    temperature: float = opt(1.0, "Sampling temperature for training rollouts.")
+    eval_every: int = opt(100, "Evaluate on the held-out split every N steps and at the end (0: never).")
+    eval_samples: int = opt(64, "Prompts per split and evaluation, greedy decoding (0: all).")
+    save_every: int = opt(0, "Write a checkpoint every N steps (0: only at the end).")
+    seed: int = opt(42, "Base seed: prompt order and each step's sampling seed derive from it.")
+    resume: bool = opt(False, "Continue the run in --output-dir from its latest checkpoint.")
+    overwrite: bool = opt(False, "Delete the run already in --output-dir (train.jsonl, checkpoints/) and start afresh.")
+    device: str = opt("auto", "torch device: auto, cpu, cuda, cuda:1, mps.")
+    threads: int | None = opt(None, "torch CPU threads (1 is fastest for tiny models on few cores).")
+    trust_remote_code: bool = opt(False, "Allow model code from the hub to run (only for models you trust).")
+    progress: bool = opt(True, "Show a progress bar.")
+
+    def __post_init__(self) -> None:
+        rules = [
+            (self.batch_size >= 1, f"--batch-size {self.batch_size} must be >= 1"),
+            (self.group_size >= 2, f"--group-size {self.group_size} must be >= 2: advantages are z-scored within a group, so a group of one always has advantage 0"),
+            (self.max_steps >= 1, f"--max-steps {self.max_steps} must be >= 1"),
+            (self.learning_rate > 0, f"--learning-rate {self.learning_rate} must be > 0"),
+            (self.weight_decay >= 0, f"--weight-decay {self.weight_decay} must be >= 0"),
+            (0 < self.clip_ratio < 1, f"--clip-ratio {self.clip_ratio} must be in (0, 1), e.g. 0.2"),
+            (self.clip_advantage > 0, f"--clip-advantage {self.clip_advantage} must be > 0"),
+            (self.kl_coef >= 0, f"--kl-coef {self.kl_coef} must be >= 0"),
+            (self.kl_target is None or self.kl_target > 0, f"--kl-target {self.kl_target} must be > 0 (omit it for a fixed KL weight)"),
+            (self.kl_horizon > 0, f"--kl-horizon {self.kl_horizon} must be > 0"),
+            (self.max_grad_norm > 0, f"--max-grad-norm {self.max_grad_norm} must be > 0"),
+            (self.max_new_tokens >= 1, f"--max-new-tokens {self.max_new_tokens} must be >= 1"),
+            (self.temperature > 0, f"--temperature {self.temperature} must be > 0 (greedy decoding is used for evaluation)"),
+            (self.eval_every >= 0, f"--eval-every {self.eval_every} must be >= 0"),
+            (self.eval_samples >= 0, f"--eval-samples {self.eval_samples} must be >= 0"),
+            (self.save_every >= 0, f"--save-every {self.save_every} must be >= 0"),
+            (self.threads is None or self.threads >= 1, f"--threads {self.threads} must be >= 1"),
+            (not (self.resume and self.overwrite), "--resume and --overwrite contradict each other; pass one"),
+        ]
+        for ok, message in rules:
+            if not ok:
+                raise UserError(message)
+        for name in ("learning_rate", "clip_ratio", "kl_coef", "temperature"):
+            if not math.isfinite(getattr(self, name)):
+                raise UserError(f"--{name.replace('_', '-')} must be finite")
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,251 @@
+"""The training loop: sample -> score -> feedback -> train step -> log -> eval -> checkpoint.
+
+Run it with ``rg-tracer train --model M --dataset D`` (or ``scripts/train_dapo_hybrid.py``).
+How it departs from a textbook DAPO/GRPO loop, because of the upstream ``DAPOTrainer``:
+
+1. One optimizer step per sampled batch, so the ratio is 1 and ``clip_ratio`` is 0;
+   the update is REINFORCE with a group-mean/std baseline (``group_size`` = G).
+2. The reward is upstream's mixed scalar of the reward vector (``--reward-mixer``);
+   axes with weight 0 are logged, not trained on.
+3. Upstream's ``SafetyController`` resets the KL weight every step, which makes its
+   adaptive KL a no-op; :class:`_StableSafety` keeps the weight so ``--kl-target`` works.
+4. Gradients are clipped by :class:`ClippingOptimizer`, which records the pre-clip norm.
+5. Each step's sampling seed and prompts derive from ``(seed, step)``, so ``--resume``
+   continues exactly where an uninterrupted run would be.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import signal
+import sys
+import time
+
+import torch
+from gepa_dapo_grn import DAPOConfig, DAPOTrainer, SafetyController
+from gepa_dapo_grn.curriculum import TaskStats
+from gepa_dapo_grn.dapo_core import DAPOBatch
+from gepa_dapo_grn.reward_mixers import mix_reward_vectors
+from tqdm import tqdm
+
+from rg_tracer.config import TrainConfig
+from rg_tracer.dapo.checkpoint import load_optimizer_state, save_checkpoint
+from rg_tracer.dapo.feedback_adapter import FeedbackMappingConfig, make_gepa_feedback
+from rg_tracer.dapo.hf_policy_adapter import HFPolicyAdapter
+from rg_tracer.dapo.logging import JsonlLogger
+from rg_tracer.dapo.optim import ClippingOptimizer
+from rg_tracer.dapo.setup import PreparedRun, prepare_run, versions
+from rg_tracer.reward_mixer import check_overlap
+from rg_tracer.scorers import run_scorer
+
+__all__ = ["DAPOHybridTrainer", "train"]
+
+
+class _StableSafety(SafetyController):
+    """Keeps the KL weight and clip ratio we set; upstream resets them every step."""
+
+    def adjust_configs(self, dapo_config, grn_config) -> None:
+        self.adjust_grn_config(grn_config)
+
+
+def _seed_for(seed: int, step: int, salt: int = 0) -> int:
+    return (seed * 1_000_003 + step * 7919 + salt) % (2**63 - 1)
+
+
+class DAPOHybridTrainer:
+    def __init__(self, run: PreparedRun, mapping: FeedbackMappingConfig | None = None) -> None:
+        cfg = self.config = run.config
+        self.run = run
+        self.mapping = mapping or FeedbackMappingConfig(tag_keys=("answer_length",))
+        self.policy = HFPolicyAdapter(run.model, run.tokenizer)
+        adam = torch.optim.AdamW(run.model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        self.optimizer = ClippingOptimizer(adam, cfg.max_grad_norm)
+        dapo_config = DAPOConfig(
+            clip_ratio=cfg.clip_ratio, clip_advantage=cfg.clip_advantage, kl_coeff=cfg.kl_coef,
+            target_kl=cfg.kl_target or 0.0, kl_horizon=cfg.kl_horizon,
+            adaptive_kl=cfg.kl_target is not None, max_grad_norm=math.inf, group_size=cfg.group_size,
+        )
+        self.dapo = DAPOTrainer(self.policy, self.optimizer, config=dapo_config,
+                                reward_mixer=run.mixer, safety_controller=_StableSafety())
+        self.logger = JsonlLogger(run.log_path)
+        self.step = 0
+        self._stop_requested = False
+        self._mixer_checked = False
+        if run.resume_state:
+            self._restore(run.resume_state)
+
+    # -- state ------------------------------------------------------------------
+    def _restore(self, state: dict) -> None:
+        self.step = state["step"]
+        self.optimizer.load_state_dict(load_optimizer_state(self.run.checkpoint, self.run.device))
+        self.dapo.config.kl_coeff = state["kl_coeff"]
+        self.dapo.curriculum.tasks = {k: TaskStats(**v) for k, v in state["curriculum"].items()}
+        safety = self.dapo.safety_controller.state
+        for key, value in state["safety"].items():
+            setattr(safety, key, value)
+        self._mixer_checked = True
+
+    def _trainer_state(self) -> dict:
+        return {
+            "kl_coeff": self.dapo.config.kl_coeff,
+            "curriculum": {k: dataclasses.asdict(v) for k, v in self.dapo.curriculum.tasks.items()},
+            "safety": dataclasses.asdict(self.dapo.safety_controller.state),
+            "config": self.config.to_dict(),
+        }
+
+    def save(self) -> None:
+        save_checkpoint(self.run.run_dir, self.step, self.run.model, self.run.tokenizer,
+                        self.optimizer, self._trainer_state())
+
+    # -- one step ---------------------------------------------------------------
+    def _batch(self, step: int) -> list:
+        """Prompts of ``step``: consecutive slices of a per-epoch seeded permutation."""
+        examples, size = self.run.train.examples, self.config.batch_size
+        picked = []
+        for k in range((step - 1) * size, step * size):
+            epoch, offset = divmod(k, len(examples))
+            order = list(range(len(examples)))
+            random.Random(_seed_for(self.config.seed, epoch, salt=1)).shuffle(order)
+            picked.append(examples[order[offset]])
+        return picked
+
+    def train_step(self, step: int) -> dict:
+        cfg, g = self.config, self.config.group_size
+        examples = self._batch(step)
+        t0 = time.perf_counter()
+        torch.manual_seed(_seed_for(cfg.seed, step))
+        rollout = self.policy.sample([e.prompt for e in examples], g, cfg.max_new_tokens, cfg.temperature)
+        t1 = time.perf_counter()
+        rows = [e for e in examples for _ in range(g)]  # prompt-major, like the rollout
+        scores = run_scorer(self.run.scorer, [e.prompt for e in rows], rollout.completions, [e.row for e in rows])
+        feedbacks = [
+            make_gepa_feedback(s, self.mapping, meta=e.row, sample=f"step {step}, sample {i} (prompt {e.id})")
+            for i, (s, e) in enumerate(zip(scores, rows))
+        ]
+        if not self._mixer_checked:
+            check_overlap(self.run.mixer, set(feedbacks[0].rewards), f"--reward-mixer {cfg.reward_mixer}")
+            self._mixer_checked = True
+        t2 = time.perf_counter()
+        with torch.no_grad():
+            logp_old = self.policy.logprobs(rollout.actions, **rollout.inputs)
+        kl_coeff = self.dapo.config.kl_coeff
+        result = self.dapo.train_step(DAPOBatch(rollout.inputs, rollout.actions, logp_old), feedbacks)
+        t3 = time.perf_counter()
+        rl = self._rl_metrics(result.metrics, logp_old, kl_coeff, rollout, feedbacks)
+        record = self.logger.write(
+            "step", step=step, rl=rl,
+            gepa=[fb.to_dict() for fb in feedbacks],
+            generation=[
+                {"prompt_id": e.id, "completion_id": f"{e.id}#{i % g}", "prompt_tokens": pt,
+                 "completion_tokens": ct, "truncated": tr, "completion": text}
+                for i, (e, pt, ct, tr, text) in enumerate(zip(
+                    rows, rollout.prompt_tokens, rollout.completion_tokens, rollout.truncated, rollout.completions))
+            ],
+            curriculum={k: dataclasses.asdict(v) for k, v in self.dapo.curriculum.tasks.items()},
+            safety=dataclasses.asdict(self.dapo.safety_controller.state),
+            timing={"generate": t1 - t0, "score": t2 - t1, "train": t3 - t2},
+        )
+        self.step = step
+        return record
+
+    def _rl_metrics(self, upstream: dict, logp_old: torch.Tensor, kl_coeff: float,
+                    rollout, feedbacks: list) -> dict:
+        ratio = torch.exp(self.policy.last_logprobs - logp_old)
+        eps = self.config.clip_ratio
+        clipped = (ratio < 1 - eps) | (ratio > 1 + eps)
+        mixed, _ = mix_reward_vectors([fb.rewards for fb in feedbacks], self.run.mixer)
+        groups = mixed.view(-1, self.config.group_size)  # (B, G)
+        lengths = torch.tensor(rollout.completion_tokens, dtype=torch.float32)
+        return {
+            "loss": upstream["loss/total"], "policy_loss": upstream["loss/policy"],
+            "kl": upstream["kl/value"], "clip_ratio": clipped.float().mean().item(),
+            "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": self.optimizer.last_grad_norm,
+            "entropy": self.policy.last_entropy, "kl_coeff": kl_coeff,
+            "reward_mixed_mean": upstream["reward/mean"], "reward_mixed_std": upstream["reward/std"],
+            "zero_std_group_frac": (groups.std(dim=1) < 1e-8).float().mean().item(),
+            "completion_length_mean": lengths.mean().item(),
+            "truncated_frac": sum(rollout.truncated) / len(rollout.truncated),
+            **upstream,
+        }
+
+    # -- evaluation ---------------------------------------------------------------
+    def evaluate(self, step: int) -> list[dict]:
+        records = []
+        splits = [("test", self.run.eval)] if self.run.eval else []
+        splits.append(("train", self.run.train))
+        for split, dataset in splits:
+            examples = list(dataset.examples)
+            if split == "train":
+                random.Random(_seed_for(self.config.seed, 0, salt=2)).shuffle(examples)
+            if self.config.eval_samples:
+                examples = examples[: self.config.eval_samples]
+            sums: dict[str, float] = {}
+            for start in range(0, len(examples), 64):
+                chunk = examples[start:start + 64]
+                rollout = self.policy.sample([e.prompt for e in chunk], 1, self.config.max_new_tokens, greedy=True)
+                scores = run_scorer(self.run.scorer, [e.prompt for e in chunk], rollout.completions, [e.row for e in chunk])
+                for row in scores:
+                    for key, value in row.items():
+                        sums[key] = sums.get(key, 0.0) + value
+            metrics = {k: v / len(examples) for k, v in sums.items()}
+            records.append(self.logger.write("eval", step=step, split=split, n=len(examples), metrics=metrics))
+        return records
+
+    # -- the loop -----------------------------------------------------------------
+    def _request_stop(self, signum, frame) -> None:
+        if self._stop_requested:
+            raise KeyboardInterrupt
+        self._stop_requested = True
+        print("\nstopping after this step (Ctrl-C again to abort without a checkpoint)", file=sys.stderr)
+
+    def fit(self) -> int:
+        cfg, run = self.config, self.run
+        start = self.step
+        self.logger.stage(
+            "run", config=cfg.to_dict(), versions=versions(), seed=cfg.seed,
+            model={"name_or_path": cfg.model, "arch": type(run.model).__name__,
+                   "parameters": sum(p.numel() for p in run.model.parameters())},
+            dataset={**run.train.describe(), "eval": run.eval.describe() if run.eval else None},
+            reward_weights=dict(run.mixer.weights), resumed_from_step=start if run.checkpoint else None,
+        )
+        previous = signal.signal(signal.SIGINT, self._request_stop)
+        bar = tqdm(total=cfg.max_steps, initial=start, desc="train", disable=not cfg.progress,
+                   dynamic_ncols=True, file=sys.stderr)
+        try:
+            for step in range(start + 1, cfg.max_steps + 1):
+                record = self.train_step(step)
+                if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+                    self.evaluate(step)
+                if cfg.save_every and step % cfg.save_every == 0 and step != cfg.max_steps:
+                    self.save()
+                bar.update(1)
+                bar.set_postfix_str(_postfix(record), refresh=False)
+                if self._stop_requested:
+                    break
+            self.save()
+            status = "completed" if self.step == cfg.max_steps else "interrupted"
+            self.logger.write("end", step=self.step, status=status)
+        finally:
+            bar.close()
+            signal.signal(signal.SIGINT, previous)
+            self.logger.close()
+        return self.step
+
+
+def _postfix(record: dict) -> str:
+    means: dict[str, list[float]] = {}
+    for sample in record["gepa"]:
+        for key, value in sample["rewards"].items():
+            means.setdefault(key, []).append(value)
+    axes = " ".join(f"{k[:8]}={sum(v) / len(v):.2f}" for k, v in means.items())
+    rl = record["rl"]
+    return f"reward={rl['reward_mixed_mean']:.3f} {axes} kl={rl['kl']:.4f}"
+
+
+def train(config: TrainConfig) -> DAPOHybridTrainer:
+    """Prepare, train to ``config.max_steps`` and return the trainer (for its ``step`` and paths)."""
+    trainer = DAPOHybridTrainer(prepare_run(config))
+    trainer.fit()
+    return trainer

@@ -1,0 +1,125 @@
+"""A ``gepa_dapo_grn`` ``Policy`` over any Hugging Face causal LM.
+
+How it departs from upstream's ``integration.hf_lm`` (which crashes on step 1):
+
+1. ``logprobs`` returns one value per sequence, shape (N,): the mean log-prob of the
+   completion tokens (prompt and padding masked, EOS included). Upstream's group
+   normalisation views advantages as (-1, G), so token-level values would group tokens.
+2. Left padding gets explicit ``position_ids = cumsum(mask) - 1``; without them logits
+   of padded rows differ from unpadded ones.
+3. ``forward`` returns no logits and no values: ``DAPOTrainer.train_step`` calls
+   ``policy(**inputs)`` only to read ``.values``, and an LM has no value head, so a
+   real forward there would be a wasted pass with gradients.
+4. The wrapped model stays in eval mode even when the trainer calls ``train()``:
+   dropout would make the ratio differ from 1 by noise. Gradients still flow.
+5. ``clone()`` returns a frozen, eval-mode copy for the KL reference.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from gepa_dapo_grn.policy_interfaces import Policy, PolicyOutput
+
+__all__ = ["HFPolicyAdapter", "Rollout"]
+
+
+@dataclass
+class Rollout:
+    """G completions per prompt, prompt-major: rows ``i*G .. i*G+G-1`` share prompt ``i``."""
+
+    inputs: dict[str, torch.Tensor]  # input_ids, attention_mask (N, P+C); completion_mask (N, C)
+    actions: torch.Tensor  # (N, C) completion token ids
+    completions: list[str]
+    prompt_tokens: list[int]
+    completion_tokens: list[int]  # tokens trained on, EOS included
+    truncated: list[bool]  # no EOS within max_new_tokens
+
+
+class HFPolicyAdapter(Policy):
+    def __init__(self, model: torch.nn.Module, tokenizer) -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.model.eval()
+        self._keep_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self.last_entropy: float | None = None
+        self.last_logprobs: torch.Tensor | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def train(self, mode: bool = True) -> "HFPolicyAdapter":
+        super().train(mode)
+        self.model.eval()
+        return self
+
+    def forward(self, **inputs: torch.Tensor) -> PolicyOutput:
+        return PolicyOutput(logits=torch.empty(0), values=None)
+
+    def clone(self) -> "HFPolicyAdapter":
+        ref = copy.deepcopy(self.model).eval().requires_grad_(False)
+        return HFPolicyAdapter(ref, self.tokenizer)
+
+    def logprobs(self, actions: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
+        """Mean completion-token log-prob per sequence, (N,), from raw logits."""
+        input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
+        completion_mask = inputs["completion_mask"].to(torch.float32)  # (N, C)
+        c = actions.shape[1]
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        kwargs = {"logits_to_keep": c + 1} if self._keep_logits else {}
+        logits = self.model(
+            input_ids=input_ids, attention_mask=attention_mask,
+            position_ids=position_ids, use_cache=False, **kwargs,
+        ).logits
+        logits = logits[:, -(c + 1):-1].float()  # (N, C, V): position t predicts token t+1
+        logp_all = F.log_softmax(logits, dim=-1)
+        token_logp = logp_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)  # (N, C)
+        lengths = completion_mask.sum(-1).clamp(min=1.0)
+        seq_logp = (token_logp * completion_mask).sum(-1) / lengths  # (N,)
+        if torch.is_grad_enabled():
+            with torch.no_grad():
+                entropy = -(logp_all.exp() * logp_all).sum(-1)  # (N, C)
+                self.last_entropy = float((entropy * completion_mask).sum() / completion_mask.sum().clamp(min=1.0))
+                self.last_logprobs = seq_logp.detach()
+        return seq_logp
+
+    @torch.no_grad()
+    def sample(self, prompts: list[str], group_size: int, max_new_tokens: int,
+               temperature: float = 1.0, greedy: bool = False) -> Rollout:
+        """Generate ``group_size`` completions for each prompt (prompt-major, contiguous)."""
+        tok = self.tokenizer
+        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        prompt_ids = enc["input_ids"].to(self.device).repeat_interleave(group_size, dim=0)
+        prompt_mask = enc["attention_mask"].to(self.device).repeat_interleave(group_size, dim=0)
+        sampling = {"do_sample": False} if greedy else {
+            "do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0,
+        }
+        sequences = self.model.generate(
+            input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=max_new_tokens,
+            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **sampling,
+        )
+        actions = sequences[:, prompt_ids.shape[1]:]  # (N, C)
+        is_eos = actions == tok.eos_token_id
+        after_eos = (is_eos.cumsum(-1) - is_eos.long()) > 0
+        completion_mask = (~after_eos).long()
+        actions = actions.masked_fill(after_eos, tok.pad_token_id)
+        lengths = completion_mask.sum(-1)
+        truncated = ~is_eos.any(-1)
+        text_ids = actions.masked_fill(is_eos, tok.pad_token_id)
+        completions = tok.batch_decode(text_ids, skip_special_tokens=True)
+        inputs = {
+            "input_ids": torch.cat([prompt_ids, actions], dim=1),
+            "attention_mask": torch.cat([prompt_mask, completion_mask], dim=1),
+            "completion_mask": completion_mask,
+        }
+        return Rollout(
+            inputs=inputs, actions=actions, completions=completions,
+            prompt_tokens=prompt_mask.sum(-1).tolist(), completion_tokens=lengths.tolist(),
+            truncated=truncated.tolist(),
+        )

@@ -1,0 +1,38 @@
+"""An optimizer wrapper that records the gradient norm before clipping.
+
+``DAPOTrainer.train_step`` clips gradients itself and discards the norm. We give it
+``max_grad_norm=inf`` (a no-op clip) and clip here instead, in ``step()``, where the
+pre-clip norm is still visible; the trainer only ever calls ``zero_grad`` and ``step``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["ClippingOptimizer"]
+
+
+class ClippingOptimizer:
+    def __init__(self, optimizer: torch.optim.Optimizer, max_grad_norm: float) -> None:
+        self.optimizer = optimizer
+        self.max_grad_norm = max_grad_norm
+        self.last_grad_norm: float = float("nan")
+
+    @property
+    def param_groups(self):
+        return self.optimizer.param_groups
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
+        self.last_grad_norm = float(norm)
+        self.optimizer.step()
+
+    def state_dict(self) -> dict:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state)

@@ -1,0 +1,117 @@
+"""Everything a run needs, checked before anything is written.
+
+``prepare_run`` turns a :class:`TrainConfig` into loaded datasets, scorer, mixer,
+model and output paths, raising :class:`UserError` for every user mistake first, so
+that a bad option never leaves a half-written run directory behind.
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rg_tracer.config import TrainConfig
+from rg_tracer.data import Dataset, load_dataset, resolve_eval_path
+from rg_tracer.dapo.checkpoint import latest_checkpoint, read_trainer_state
+from rg_tracer.errors import UserError
+from rg_tracer.models import load_model
+from rg_tracer.reward_mixer import load_reward_mixer
+from rg_tracer.scorers import load_scorer
+
+__all__ = ["PreparedRun", "prepare_run", "versions"]
+
+LOG_NAME = "train.jsonl"
+
+
+@dataclass
+class PreparedRun:
+    config: TrainConfig
+    train: Dataset
+    eval: Dataset | None
+    scorer: Any
+    mixer: Any
+    model: Any
+    tokenizer: Any
+    device: Any
+    run_dir: Path
+    log_path: Path
+    checkpoint: Path | None  # resume source
+    resume_state: dict | None
+
+
+def versions() -> dict:
+    import gepa_dapo_grn
+    import torch
+    import transformers
+
+    import rg_tracer
+
+    return {
+        "rg_tracer": rg_tracer.__version__, "gepa_dapo_grn": gepa_dapo_grn.__version__,
+        "torch": torch.__version__, "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise UserError(f"--device {name!r}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name!r} but no CUDA device is available; use --device cpu")
+    return device
+
+
+def _run_dir_state(config: TrainConfig, run_dir: Path, log_path: Path) -> Path | None:
+    has_run = log_path.exists() or (run_dir / "checkpoints").exists()
+    if config.resume:
+        checkpoint = latest_checkpoint(run_dir)
+        if checkpoint is None:
+            raise UserError(f"--resume: no complete checkpoint under {run_dir}/checkpoints; start without --resume")
+        return checkpoint
+    if has_run and not config.overwrite:
+        raise UserError(
+            f"{run_dir} already holds a run; pass --resume to continue it, "
+            "--overwrite to replace it, or choose another --output-dir"
+        )
+    return None
+
+
+def prepare_run(config: TrainConfig) -> PreparedRun:
+    import torch
+
+    run_dir = Path(config.output_dir)
+    log_path = run_dir / LOG_NAME
+    checkpoint = _run_dir_state(config, run_dir, log_path)
+    if not Path(config.reward_mixer).is_file():
+        raise UserError(f"--reward-mixer {config.reward_mixer}: no such file (see configs/reward_mixer.yaml for the format)")
+    mixer = load_reward_mixer(config.reward_mixer)
+    train = load_dataset(config.dataset)
+    eval_path = resolve_eval_path(config.dataset, config.eval_dataset)
+    eval_set = load_dataset(eval_path) if eval_path else None
+    scorer = load_scorer(config.scorer)
+    device = _device(config.device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    source = str(checkpoint) if checkpoint else config.model
+    model, tokenizer = load_model(source, trust_remote_code=config.trust_remote_code)
+    model.to(device)
+    resume_state = read_trainer_state(checkpoint) if checkpoint else None
+    if resume_state and resume_state["step"] >= config.max_steps:
+        raise UserError(
+            f"--resume: the checkpoint is at step {resume_state['step']} and --max-steps is "
+            f"{config.max_steps}; raise --max-steps to train further"
+        )
+    if config.overwrite:
+        log_path.unlink(missing_ok=True)
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    return PreparedRun(config, train, eval_set, scorer, mixer, model, tokenizer, device,
+                       run_dir, log_path, checkpoint, resume_state)

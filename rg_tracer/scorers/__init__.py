@@ -1,0 +1,16 @@
+"""Scorers turn completions into a dict of named floats per completion.
+
+Interface (duck-typed; no base class needed)::
+
+    class MyScorer:
+        def score(self, prompts, completions, references) -> list[dict[str, float]]
+
+``references`` holds each prompt's dataset row (``answer`` and any extra fields);
+a scorer whose ``score`` takes only ``(prompts, completions)`` is called without it.
+Load a custom one with ``--scorer package.module:ClassName``.
+"""
+
+from rg_tracer.scorers.arithmetic import ArithmeticScorer
+from rg_tracer.scorers.loading import check_scores, load_scorer, run_scorer
+
+__all__ = ["ArithmeticScorer", "check_scores", "load_scorer", "run_scorer"]

@@ -1,0 +1,78 @@
+"""The built-in arithmetic scorer: correctness, reasoning quality and format.
+
+Axes (all floats per completion):
+
+``correctness``        1 if the completion's final integer equals the reference answer.
+``reasoning_quality``  fraction of arithmetic statements ``a op b = c`` written in the
+                       completion that are true (0 when it writes none).
+``format_penalty``     1 when no integer answer is found; otherwise the fraction of
+                       non-space characters that are not digits, operators or ``=``.
+                       It is a penalty: the shipped mixer weight is negative.
+``answer_length``      number of characters of the completion (a tag, not a reward).
+"""
+
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+
+__all__ = ["ArithmeticScorer", "final_integer", "statement_accuracy"]
+
+_INT = re.compile(r"-?\d+")
+_STATEMENT = re.compile(r"(-?\d+)\s*([-+*/%])\s*(-?\d+)\s*=\s*(-?\d+)")
+_ARITH_CHARS = set("0123456789+-*/%=()")
+
+
+def final_integer(text: str) -> int | None:
+    """The last integer written in ``text``, or ``None``."""
+    found = _INT.findall(text)
+    return int(found[-1]) if found else None
+
+
+def _evaluate(a: int, op: str, b: int) -> Fraction | None:
+    if op == "+":
+        return Fraction(a + b)
+    if op == "-":
+        return Fraction(a - b)
+    if op == "*":
+        return Fraction(a * b)
+    if b == 0:
+        return None
+    return Fraction(a, b) if op == "/" else Fraction(a % b)
+
+
+def statement_accuracy(text: str) -> float:
+    """Fraction of ``a op b = c`` statements in ``text`` that are true; 0 when there are none."""
+    statements = _STATEMENT.findall(text)
+    if not statements:
+        return 0.0
+    true = sum(_evaluate(int(a), op, int(b)) == int(c) for a, op, b, c in statements)
+    return true / len(statements)
+
+
+class ArithmeticScorer:
+    """Scores completions against ``references[i]["answer"]`` (an integer as text)."""
+
+    axes = ("correctness", "reasoning_quality", "format_penalty", "answer_length")
+
+    def score(self, prompts, completions, references):
+        return [self._score_one(c, r) for c, r in zip(completions, references)]
+
+    @staticmethod
+    def _score_one(completion: str, reference: dict) -> dict[str, float]:
+        answer = final_integer(completion)
+        try:
+            expected = int(str(reference["answer"]).strip())
+        except (KeyError, ValueError):
+            expected = None
+        visible = [ch for ch in completion if not ch.isspace()]
+        if answer is None:
+            penalty = 1.0
+        else:
+            penalty = sum(ch not in _ARITH_CHARS for ch in visible) / len(visible)
+        return {
+            "correctness": float(answer is not None and answer == expected),
+            "reasoning_quality": statement_accuracy(completion),
+            "format_penalty": penalty,
+            "answer_length": float(len(completion)),
+        }
