@@ -1,5 +1,5 @@
 # Two commands matter: `make demo` and `make test`. Both set up .venv on first use.
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed

@@ -7,7 +7,6 @@ User mistakes raise :class:`rg_tracer.errors.UserError`; here they become one-li
 from __future__ import annotations
 
 import functools
-import os
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import click
 from rg_tracer.config import TrainConfig
 from rg_tracer.cli_options import options_from
 from rg_tracer.errors import UserError
+from rg_tracer.models import quiet_transformers
 
 __all__ = ["main", "cli", "train_command"]
 
@@ -33,14 +33,6 @@ def user_errors(func):
     return wrapper
 
 
-def _quiet_transformers() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="rg-tracer")
 def cli() -> None:
@@ -48,9 +40,12 @@ def cli() -> None:
 
 
 @click.command("train")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="YAML file of options (keys are option names with '_'); flags given here override it.")
 @options_from(TrainConfig)
+@click.pass_context
 @user_errors
-def train_command(**options) -> None:
+def train_command(ctx: click.Context, config_file: str | None, **options) -> None:
     """Train a causal LM with DAPO on scorer reward vectors; log to OUTPUT_DIR/train.jsonl.
 
     \b
@@ -60,14 +55,19 @@ def train_command(**options) -> None:
             --output-dir runs/dapo_hybrid --batch-size 8 --group-size 8 --learning-rate 1e-3 \\
             --max-steps 200 --eval-every 50
     """
-    config = TrainConfig(**options)
-    _quiet_transformers()
+    if config_file:
+        given = {k: v for k, v in options.items()
+                 if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
+        config = TrainConfig.from_file(config_file, **given)
+    else:
+        config = TrainConfig(**options)
+    quiet_transformers()
     from rg_tracer.dapo.dapo_hybrid_trainer import train
 
     trainer = train(config)
     click.echo(f"log: {trainer.run.log_path} (step {trainer.step})")
     if trainer.step < config.max_steps:
-        click.echo(f"stopped early; continue with the same command plus --resume", err=True)
+        click.echo("stopped early; continue with the same command plus --resume", err=True)
 
 
 @cli.command("init-model")
@@ -90,7 +90,7 @@ def init_model_command(out_dir: Path, arch, layers, hidden, heads, max_positions
     """
     from rg_tracer.models import TinyModelSpec, init_model
 
-    _quiet_transformers()
+    quiet_transformers()
     spec = TinyModelSpec(arch=arch, layers=layers, hidden=hidden, heads=heads, max_positions=max_positions, seed=seed)
     n = init_model(out_dir, spec, alphabet)
     click.echo(f"{arch} model with {n:,} parameters written to {out_dir}; train it with --model {out_dir}")

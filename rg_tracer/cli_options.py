@@ -28,11 +28,10 @@ def options_from(config_cls):
             base = _base_type(hints[f.name])
             if base is bool:
                 decl = f"{flag}/--no-{flag[2:]}" if f.default else flag
-                command = click.option(decl, f.name, default=f.default, show_default=True, help=help_text)(command)
+                command = click.option(decl, f.name, is_flag=True, default=f.default, help=help_text)(command)
             else:
                 command = click.option(
                     flag, f.name, type=_TYPES[base], default=f.default,
-                    required=f.metadata.get("required", False),
                     show_default=f.default is not None, help=help_text,
                 )(command)
         return command

@@ -8,7 +8,7 @@ Cross-field rules live in ``__post_init__`` and say the value, the rule and the 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 from rg_tracer.errors import UserError
 
@@ -21,8 +21,8 @@ def opt(default, help: str, **extra):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    model: str = opt(None, "Hub name or local directory of a causal LM (build one with `rg-tracer init-model`).", required=True)
-    dataset: str = opt(None, "Training JSONL with 'prompt' and 'answer' per line.", required=True)
+    model: str = opt(None, "Hub name or local directory of a causal LM (build one with `rg-tracer init-model`). Required.")
+    dataset: str = opt(None, "Training JSONL with 'prompt' and 'answer' per line. Required.")
     eval_dataset: str | None = opt(None, "Held-out JSONL for --eval-every (default: <dataset stem>_test.jsonl beside it, if present).")
     output_dir: str = opt("runs/dapo_hybrid", "Run directory: train.jsonl and checkpoints/ go here.")
     scorer: str = opt("arithmetic", "Built-in scorer name or 'package.module:Class'.")
@@ -37,6 +37,7 @@ class TrainConfig:
     kl_coef: float = opt(0.1, "Weight of the KL penalty to the frozen reference model (0 disables it).")
     kl_target: float | None = opt(None, "Adapt the KL weight towards this KL value (off when unset).")
     kl_horizon: float = opt(1000.0, "Adaptive-KL horizon: larger moves the KL weight more slowly.")
+    entropy_coef: float = opt(0.0, "Weight of an entropy bonus on completion tokens (0: none, as in DAPO); keeps small models exploring.")
     max_grad_norm: float = opt(1.0, "Clip the gradient L2 norm to this value (the log records the norm before clipping).")
     max_new_tokens: int = opt(32, "Maximum completion length in tokens.")
     temperature: float = opt(1.0, "Sampling temperature for training rollouts.")
@@ -53,6 +54,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         rules = [
+            (bool(self.model), "--model is required: a hub name or a directory from `rg-tracer init-model`"),
+            (bool(self.dataset), "--dataset is required: a JSONL file with 'prompt' and 'answer' per line"),
             (self.batch_size >= 1, f"--batch-size {self.batch_size} must be >= 1"),
             (self.group_size >= 2, f"--group-size {self.group_size} must be >= 2: advantages are z-scored within a group, so a group of one always has advantage 0"),
             (self.max_steps >= 1, f"--max-steps {self.max_steps} must be >= 1"),
@@ -62,6 +65,7 @@ class TrainConfig:
             (self.clip_advantage > 0, f"--clip-advantage {self.clip_advantage} must be > 0"),
             (self.kl_coef >= 0, f"--kl-coef {self.kl_coef} must be >= 0"),
             (self.kl_target is None or self.kl_target > 0, f"--kl-target {self.kl_target} must be > 0 (omit it for a fixed KL weight)"),
+            (self.entropy_coef >= 0, f"--entropy-coef {self.entropy_coef} must be >= 0"),
             (self.kl_horizon > 0, f"--kl-horizon {self.kl_horizon} must be > 0"),
             (self.max_grad_norm > 0, f"--max-grad-norm {self.max_grad_norm} must be > 0"),
             (self.max_new_tokens >= 1, f"--max-new-tokens {self.max_new_tokens} must be >= 1"),
@@ -81,3 +85,24 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_file(cls, path: str, **overrides) -> "TrainConfig":
+        """Options from a YAML file (field names as keys), then ``overrides`` on top."""
+        import yaml
+
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = yaml.safe_load(f) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise UserError(f"--config {path}: {str(exc).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise UserError(f"--config {path}: expected a mapping of option -> value")
+        known = {f.name for f in fields(cls)}
+        for key in data:
+            if key not in known:
+                raise UserError(f"--config {path}: unknown option {key!r}; options are the long flags with '_' for '-'")
+        try:
+            return cls(**{**data, **overrides})
+        except TypeError as exc:
+            raise UserError(f"--config {path}: {exc}") from None

@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 
 from rg_tracer.errors import UserError
 
-__all__ = ["ARCHS", "TinyModelSpec", "init_model", "load_model"]
+__all__ = ["ARCHS", "TinyModelSpec", "init_model", "load_model", "quiet_transformers"]
 
 ARCHS = ("gpt2", "llama", "qwen2")
 
@@ -90,6 +90,15 @@ def init_model(out_dir: str | Path, spec: TinyModelSpec, alphabet: str | None = 
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return sum(p.numel() for p in model.parameters())
+
+
+def quiet_transformers() -> None:
+    """Silence transformers' per-load progress bars and warnings in command-line output."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:

@@ -1,8 +1,10 @@
 """Regenerate the toy-math datasets: ``python datasets/toy_math/generate.py``.
 
 ``addition_small.jsonl``: every single-digit pair ``a+b=`` except a held-out fifth
-(``addition_small_test.jsonl``), chosen by a seeded shuffle. Small enough for a
-randomly initialised character-level model to learn with RL in a few minutes.
+(``addition_small_test.jsonl``), chosen by a seeded shuffle.
+``addition_tiny.jsonl``: the pairs whose sum is one digit, split the same way; the
+demo's task, which a randomly initialised character-level model learns with RL in
+about a minute on two CPU cores.
 """
 
 import json
@@ -12,11 +14,11 @@ from pathlib import Path
 HERE = Path(__file__).parent
 
 
-def main(seed: int = 0, test_frac: float = 0.2) -> None:
-    pairs = [(a, b) for a in range(10) for b in range(10)]
+def write_split(stem: str, pairs: list, seed: int, test_frac: float) -> None:
+    pairs = list(pairs)
     random.Random(seed).shuffle(pairs)
     n_test = int(len(pairs) * test_frac)
-    splits = {"addition_small_test.jsonl": pairs[:n_test], "addition_small.jsonl": pairs[n_test:]}
+    splits = {f"{stem}_test.jsonl": pairs[:n_test], f"{stem}.jsonl": pairs[n_test:]}
     for name, rows in splits.items():
         with open(HERE / name, "w") as f:
             for a, b in sorted(rows):
@@ -24,6 +26,12 @@ def main(seed: int = 0, test_frac: float = 0.2) -> None:
                        "numbers": [a, b], "answer": str(a + b)}
                 f.write(json.dumps(row) + "\n")
         print(f"{name}: {len(rows)} rows")
+
+
+def main(seed: int = 0, test_frac: float = 0.2) -> None:
+    pairs = [(a, b) for a in range(10) for b in range(10)]
+    write_split("addition_small", pairs, seed, test_frac)
+    write_split("addition_tiny", [(a, b) for a, b in pairs if a + b < 10], seed, test_frac)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,8 @@ class DAPOHybridTrainer:
     def __init__(self, run: PreparedRun, mapping: FeedbackMappingConfig | None = None) -> None:
         cfg = self.config = run.config
         self.run = run
-        self.mapping = mapping or FeedbackMappingConfig(tag_keys=("answer_length",))
+        # A scorer may declare which of its keys are tags/verifier signals; the rest are rewards.
+        self.mapping = mapping or getattr(run.scorer, "feedback_mapping", None) or FeedbackMappingConfig()
         self.policy = HFPolicyAdapter(run.model, run.tokenizer)
         adam = torch.optim.AdamW(run.model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         self.optimizer = ClippingOptimizer(adam, cfg.max_grad_norm)
@@ -73,6 +74,8 @@ class DAPOHybridTrainer:
         self.step = 0
         self._stop_requested = False
         self._mixer_checked = False
+        if run.reference_model is not None:  # the KL reference is the original model, not the checkpoint
+            self.dapo.ref_policy = HFPolicyAdapter(run.reference_model.requires_grad_(False), run.tokenizer)
         if run.resume_state:
             self._restore(run.resume_state)
 
@@ -128,10 +131,12 @@ class DAPOHybridTrainer:
             check_overlap(self.run.mixer, set(feedbacks[0].rewards), f"--reward-mixer {cfg.reward_mixer}")
             self._mixer_checked = True
         t2 = time.perf_counter()
-        with torch.no_grad():
-            logp_old = self.policy.logprobs(rollout.actions, **rollout.inputs)
+        logp, entropy = self.policy.score_for_update(rollout.actions, **rollout.inputs)
+        logp_old = logp.detach()  # same parameters, same forward: the batch is fresh
+        extra_loss = -cfg.entropy_coef * entropy if cfg.entropy_coef else None
         kl_coeff = self.dapo.config.kl_coeff
-        result = self.dapo.train_step(DAPOBatch(rollout.inputs, rollout.actions, logp_old), feedbacks)
+        result = self.dapo.train_step(DAPOBatch(rollout.inputs, rollout.actions, logp_old), feedbacks,
+                                      extra_loss=extra_loss)
         t3 = time.perf_counter()
         rl = self._rl_metrics(result.metrics, logp_old, kl_coeff, rollout, feedbacks)
         record = self.logger.write(

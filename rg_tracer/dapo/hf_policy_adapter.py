@@ -49,6 +49,7 @@ class HFPolicyAdapter(Policy):
         self._keep_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
         self.last_entropy: float | None = None
         self.last_logprobs: torch.Tensor | None = None
+        self._primed: tuple | None = None
 
     @property
     def device(self) -> torch.device:
@@ -67,7 +68,30 @@ class HFPolicyAdapter(Policy):
         return HFPolicyAdapter(ref, self.tokenizer)
 
     def logprobs(self, actions: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
-        """Mean completion-token log-prob per sequence, (N,), from raw logits."""
+        """Mean completion-token log-prob per sequence, (N,), from raw logits.
+
+        Returns the tensor primed by :meth:`score_for_update` when called with the same
+        ``actions`` object, so the trainer's call reuses that forward pass and graph.
+        """
+        primed, self._primed = self._primed, None
+        if primed is not None and primed[0] is actions and torch.is_grad_enabled():
+            return primed[1]
+        return self._logprobs_and_entropy(actions, inputs)[0]
+
+    def score_for_update(self, actions: torch.Tensor, **inputs: torch.Tensor):
+        """One forward with gradients: ``(logp, entropy)``, (N,) and scalar.
+
+        The next ``logprobs`` call with these ``actions`` returns this ``logp``, so
+        ``DAPOTrainer.train_step`` adds no forward pass, the old log-probs of a fresh
+        batch are ``logp.detach()``, and an entropy bonus can ride in ``extra_loss``.
+        """
+        logp, entropy = self._logprobs_and_entropy(actions, inputs)
+        self._primed = (actions, logp)
+        self.last_entropy = float(entropy.detach())
+        self.last_logprobs = logp.detach()
+        return logp, entropy
+
+    def _logprobs_and_entropy(self, actions: torch.Tensor, inputs: dict):
         input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
         completion_mask = inputs["completion_mask"].to(torch.float32)  # (N, C)
         c = actions.shape[1]
@@ -82,12 +106,9 @@ class HFPolicyAdapter(Policy):
         token_logp = logp_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)  # (N, C)
         lengths = completion_mask.sum(-1).clamp(min=1.0)
         seq_logp = (token_logp * completion_mask).sum(-1) / lengths  # (N,)
-        if torch.is_grad_enabled():
-            with torch.no_grad():
-                entropy = -(logp_all.exp() * logp_all).sum(-1)  # (N, C)
-                self.last_entropy = float((entropy * completion_mask).sum() / completion_mask.sum().clamp(min=1.0))
-                self.last_logprobs = seq_logp.detach()
-        return seq_logp
+        token_entropy = -(logp_all.exp() * logp_all).sum(-1)  # (N, C)
+        entropy = (token_entropy * completion_mask).sum() / completion_mask.sum().clamp(min=1.0)
+        return seq_logp, entropy
 
     @torch.no_grad()
     def sample(self, prompts: list[str], group_size: int, max_new_tokens: int,

@@ -40,6 +40,7 @@ class PreparedRun:
     log_path: Path
     checkpoint: Path | None  # resume source
     resume_state: dict | None
+    reference_model: Any = None  # on resume: the original --model, the KL reference
 
 
 def versions() -> dict:
@@ -105,6 +106,10 @@ def prepare_run(config: TrainConfig) -> PreparedRun:
     model, tokenizer = load_model(source, trust_remote_code=config.trust_remote_code)
     model.to(device)
     resume_state = read_trainer_state(checkpoint) if checkpoint else None
+    reference = None
+    if checkpoint and config.kl_coef > 0:
+        reference, _ = load_model(config.model, trust_remote_code=config.trust_remote_code)
+        reference.to(device)
     if resume_state and resume_state["step"] >= config.max_steps:
         raise UserError(
             f"--resume: the checkpoint is at step {resume_state['step']} and --max-steps is "
@@ -114,4 +119,4 @@ def prepare_run(config: TrainConfig) -> PreparedRun:
         log_path.unlink(missing_ok=True)
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     return PreparedRun(config, train, eval_set, scorer, mixer, model, tokenizer, device,
-                       run_dir, log_path, checkpoint, resume_state)
+                       run_dir, log_path, checkpoint, resume_state, reference)

@@ -7,7 +7,9 @@ Interface (duck-typed; no base class needed)::
 
 ``references`` holds each prompt's dataset row (``answer`` and any extra fields);
 a scorer whose ``score`` takes only ``(prompts, completions)`` is called without it.
-Load a custom one with ``--scorer package.module:ClassName``.
+Load a custom one with ``--scorer package.module:ClassName``. An optional class
+attribute ``feedback_mapping`` (a ``FeedbackMappingConfig``) says which keys are tags
+or verifier signals; by default every key is a reward axis.
 """
 
 from rg_tracer.scorers.arithmetic import ArithmeticScorer

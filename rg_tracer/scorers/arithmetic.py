@@ -8,6 +8,9 @@ Axes (all floats per completion):
 ``format_penalty``     1 when no integer answer is found; otherwise the fraction of
                        non-space characters that are not digits, operators or ``=``.
                        It is a penalty: the shipped mixer weight is negative.
+``answer_closeness``   ``1 / (1 + |answer - reference|)``; 0 when no integer is found.
+                       Dense partial credit that lets a randomly initialised model find
+                       short numeric answers before it finds exact ones.
 ``answer_length``      number of characters of the completion (a tag, not a reward).
 """
 
@@ -15,6 +18,8 @@ from __future__ import annotations
 
 import re
 from fractions import Fraction
+
+from rg_tracer.dapo.feedback_adapter import FeedbackMappingConfig
 
 __all__ = ["ArithmeticScorer", "final_integer", "statement_accuracy"]
 
@@ -53,7 +58,8 @@ def statement_accuracy(text: str) -> float:
 class ArithmeticScorer:
     """Scores completions against ``references[i]["answer"]`` (an integer as text)."""
 
-    axes = ("correctness", "reasoning_quality", "format_penalty", "answer_length")
+    axes = ("correctness", "reasoning_quality", "format_penalty", "answer_closeness", "answer_length")
+    feedback_mapping = FeedbackMappingConfig(tag_keys=("answer_length",))
 
     def score(self, prompts, completions, references):
         return [self._score_one(c, r) for c, r in zip(completions, references)]
@@ -74,5 +80,6 @@ class ArithmeticScorer:
             "correctness": float(answer is not None and answer == expected),
             "reasoning_quality": statement_accuracy(completion),
             "format_penalty": penalty,
+            "answer_closeness": 0.0 if answer is None or expected is None else 1.0 / (1.0 + abs(answer - expected)),
             "answer_length": float(len(completion)),
         }

@@ -1,0 +1,64 @@
+#!/usr/bin/env python
+"""`make demo`: build a tiny model, train it with DAPO on one-digit sums, report.
+
+Everything runs locally in about two minutes on two CPU cores: a randomly initialised
+137k-parameter Qwen2 with a character tokenizer (``rg-tracer init-model``), trained
+with ``configs/demo/train.yaml``; then, when the analysis half is installed, the HTML
+report of ``runs/demo``. It prints whether the model learned: mean ``correctness`` of
+the last 10% of steps against the first 10%.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from rg_tracer.config import TrainConfig
+from rg_tracer.models import TinyModelSpec, init_model, quiet_transformers
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNS = Path("runs/demo")
+
+
+def correctness_by_decile(log_path: Path) -> tuple[float, float, int]:
+    steps = [r for r in map(json.loads, log_path.open()) if r["kind"] == "step"]
+    n = max(1, len(steps) // 10)
+
+    def mean(records):
+        values = [s["rewards"]["correctness"] for r in records for s in r["gepa"]]
+        return sum(values) / len(values)
+
+    return mean(steps[:n]), mean(steps[-n:]), len(steps)
+
+
+def main() -> int:
+    quiet_transformers()
+    started = time.time()
+    shutil.rmtree(RUNS, ignore_errors=True)
+    n_params = init_model(RUNS / "model", TinyModelSpec(arch="qwen2", layers=2, hidden=64, heads=4))
+    print(f"model: {RUNS / 'model'} (qwen2, {n_params:,} parameters, random init)")
+
+    from rg_tracer.dapo.dapo_hybrid_trainer import train
+
+    config = TrainConfig.from_file(str(ROOT / "configs/demo/train.yaml"), model=str(RUNS / "model"))
+    trainer = train(config)
+    first, last, n = correctness_by_decile(trainer.run.log_path)
+    verdict = "learned" if last - first >= 0.2 else "did NOT learn enough"
+    print(f"log: {trainer.run.log_path} ({n} steps)")
+    print(f"correctness: first 10% of steps {first:.3f} -> last 10% {last:.3f} ({verdict})")
+    try:
+        from analysis import analyze_runs
+    except ImportError:
+        print("report: analysis package not available")
+    else:
+        index = analyze_runs(RUNS, Path("reports/demo"))
+        print(f"report: {index}")
+    print(f"done in {time.time() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""The command line as a user meets it: help, one-line errors, exit codes."""
+
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from rg_tracer.cli import cli
+from tests.conftest import MIXER, REPO, TOY
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_every_command_has_help_with_an_example():
+    for name, command in cli.commands.items():
+        result = invoke(name, "--help")
+        assert result.exit_code == 0, name
+        assert "Example" in result.output, f"{name} --help has no Example block"
+
+
+def test_train_help_lists_the_seed_flags():
+    out = invoke("train", "--help").output
+    for flag in ("--model", "--dataset", "--output-dir", "--batch-size", "--group-size", "--learning-rate",
+                 "--clip-ratio", "--kl-target", "--kl-coef", "--reward-mixer", "--eval-every", "--seed",
+                 "--max-steps", "--resume", "--overwrite", "--scorer", "--config"):
+        assert flag in out
+
+
+def test_init_model_then_train_then_refuse_rerun(tmp_path):
+    model = tmp_path / "model"
+    result = invoke("init-model", str(model), "--arch", "llama", "--layers", "1", "--hidden", "16", "--heads", "2")
+    assert result.exit_code == 0 and "parameters" in result.output
+    args = ["train", "--model", str(model), "--dataset", TOY, "--output-dir", str(tmp_path / "run"),
+            "--reward-mixer", MIXER, "--max-steps", "1", "--eval-every", "0", "--no-progress", "--threads", "1"]
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    assert "train.jsonl" in result.output
+    again = invoke(*args)
+    assert again.exit_code == 1
+    assert "already holds a run; pass --resume" in again.output
+    assert "Traceback" not in again.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "gpt2"], "could not be fetched from the Hugging Face Hub"),
+    (["--model", "{model}", "--group-size", "1"], "--group-size 1 must be >= 2"),
+    (["--model", "{model}", "--reward-mixer", "nope.yaml"], "--reward-mixer nope.yaml: no such file"),
+    (["--model", "{model}", "--dataset", "{bad}"], "bad.jsonl:2: not valid JSON"),
+    (["--dataset", TOY], "--model is required"),
+])
+def test_train_user_errors_are_one_line(tmp_path, tiny_model_dir, args, message):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "1+1=", "answer": "2"}\n{not json\n')
+    args = [a.format(model=tiny_model_dir("qwen2"), bad=bad) for a in args]
+    if "--dataset" not in args:
+        args += ["--dataset", TOY]
+    result = invoke("train", *args, "--output-dir", str(tmp_path / "run"), "--no-progress")
+    assert result.exit_code == 1
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_init_model_rejects_bad_shapes(tmp_path):
+    result = invoke("init-model", str(tmp_path / "m"), "--hidden", "30", "--heads", "4")
+    assert result.exit_code == 1 and "must be divisible" in result.output
+    result = invoke("init-model", str(tmp_path / "m"), "--arch", "mamba")
+    assert result.exit_code == 2 and "mamba" in result.output
+
+
+def test_config_file_with_overrides(tmp_path, tiny_model_dir):
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text(f"dataset: {TOY}\nreward_mixer: {MIXER}\nmax_steps: 1\neval_every: 0\nbatch_size: 1\n")
+    result = invoke("train", "--config", str(cfg), "--model", str(tiny_model_dir("qwen2")),
+                    "--output-dir", str(tmp_path / "run"), "--no-progress")
+    assert result.exit_code == 0, result.output
+    cfg.write_text("max_stepz: 1\n")
+    result = invoke("train", "--config", str(cfg), "--model", "x")
+    assert result.exit_code == 1 and "unknown option 'max_stepz'" in result.output
+
+
+def test_seed_script_runs_with_the_seed_flags(tmp_path, tiny_model_dir):
+    cmd = [sys.executable, "scripts/train_dapo_hybrid.py", "--model", str(tiny_model_dir("gpt2")),
+           "--dataset", "datasets/toy_math/addition_small.jsonl", "--output-dir", str(tmp_path / "dapo_hybrid"),
+           "--batch-size", "4", "--group-size", "2", "--learning-rate", "1e-5", "--clip-ratio", "0.2",
+           "--kl-target", "0.1", "--kl-coef", "0.1", "--reward-mixer", "configs/reward_mixer.yaml",
+           "--eval-every", "100", "--seed", "42", "--max-steps", "2", "--threads", "1", "--no-progress"]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "dapo_hybrid" / "train.jsonl").is_file()
+
+
+def test_minimal_example_writes_a_valid_log():
+    done = subprocess.run([sys.executable, "examples/dapo_hybrid_minimal.py"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    from rg_tracer.schema import validate
+    import json
+    lines = open(f"{REPO}/examples/dapo_hybrid_minimal.jsonl").read().splitlines()
+    assert [validate(json.loads(line))["step"] for line in lines] == [1, 2, 3, 4, 5]
