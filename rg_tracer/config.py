@@ -33,6 +33,12 @@ class TrainConfig:
     learning_rate: float = opt(1e-5, "AdamW learning rate.")
     weight_decay: float = opt(0.0, "AdamW weight decay.")
     clip_ratio: float = opt(0.2, "Policy-ratio clip range epsilon.")
+    clip_ratio_high: float | None = opt(None, "Upper clip epsilon, 1+eps_high (DAPO's clip-higher: 0.28); default: --clip-ratio.")
+    updates_per_batch: int = opt(1, "Optimizer steps on each sampled batch with its old log-probs kept (PPO-style mu); >1 makes the ratio and clip_ratio move.")
+    dynamic_sampling: bool = opt(False, "Drop groups whose mixed rewards have zero variance and sample more prompts until the batch is full (DAPO).")
+    max_sampling_rounds: int = opt(3, "Cap on generation rounds per step with --dynamic-sampling; then the batch is topped up with dropped groups.")
+    overlong_buffer: int = opt(0, "L_cache of DAPO's overlong shaping: axis overlong_penalty falls from 0 at max_new_tokens - L_cache to -1 at max_new_tokens (0: off).")
+    mask_truncated: bool = opt(False, "Give completions that hit --max-new-tokens without EOS zero weight in the loss (DAPO's overlong filtering).")
     clip_advantage: float = opt(5.0, "Advantages are clipped to +-this value.")
     kl_coef: float = opt(0.1, "Weight of the KL penalty to the frozen reference model (0 disables it).")
     kl_target: float | None = opt(None, "Adapt the KL weight towards this KL value (off when unset).")
@@ -62,6 +68,10 @@ class TrainConfig:
             (self.learning_rate > 0, f"--learning-rate {self.learning_rate} must be > 0"),
             (self.weight_decay >= 0, f"--weight-decay {self.weight_decay} must be >= 0"),
             (0 < self.clip_ratio < 1, f"--clip-ratio {self.clip_ratio} must be in (0, 1), e.g. 0.2"),
+            (self.clip_ratio_high is None or self.clip_ratio_high > 0, f"--clip-ratio-high {self.clip_ratio_high} must be > 0, e.g. 0.28"),
+            (self.updates_per_batch >= 1, f"--updates-per-batch {self.updates_per_batch} must be >= 1"),
+            (self.max_sampling_rounds >= 1, f"--max-sampling-rounds {self.max_sampling_rounds} must be >= 1"),
+            (0 <= self.overlong_buffer < self.max_new_tokens, f"--overlong-buffer {self.overlong_buffer} must be in [0, --max-new-tokens {self.max_new_tokens})"),
             (self.clip_advantage > 0, f"--clip-advantage {self.clip_advantage} must be > 0"),
             (self.kl_coef >= 0, f"--kl-coef {self.kl_coef} must be >= 0"),
             (self.kl_target is None or self.kl_target > 0, f"--kl-target {self.kl_target} must be > 0 (omit it for a fixed KL weight)"),
@@ -82,6 +92,10 @@ class TrainConfig:
         for name in ("learning_rate", "clip_ratio", "kl_coef", "temperature"):
             if not math.isfinite(getattr(self, name)):
                 raise UserError(f"--{name.replace('_', '-')} must be finite")
+
+    @property
+    def eps_high(self) -> float:
+        return self.clip_ratio if self.clip_ratio_high is None else self.clip_ratio_high
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -3,14 +3,18 @@
 Run it with ``rg-tracer train --model M --dataset D`` (or ``scripts/train_dapo_hybrid.py``).
 How it departs from a textbook DAPO/GRPO loop, because of the upstream ``DAPOTrainer``:
 
-1. One optimizer step per sampled batch, so the ratio is 1 and ``clip_ratio`` is 0;
-   the update is REINFORCE with a group-mean/std baseline (``group_size`` = G).
-2. The reward is upstream's mixed scalar of the reward vector (``--reward-mixer``);
-   axes with weight 0 are logged, not trained on.
+1. The loss is upstream's ``-(clamp(r, 1-eps, 1+eps) * A).mean()`` (no PPO ``min``), with
+   the mixed scalar of the reward vector z-scored within each group of ``group_size``.
+   With ``--updates-per-batch 1`` the ratio is 1 and the update is REINFORCE with a group
+   baseline. Clip-higher and overlong filtering ride in ``extra_loss`` (``objective.py``).
+2. Axes with reward-mixer weight 0 are logged, not trained on.
 3. Upstream's ``SafetyController`` resets the KL weight every step, which makes its
    adaptive KL a no-op; :class:`_StableSafety` keeps the weight so ``--kl-target`` works.
 4. Gradients are clipped by :class:`ClippingOptimizer`, which records the pre-clip norm.
-5. Each step's sampling seed and prompts derive from ``(seed, step)``, so ``--resume``
+5. One forward with gradients per update: the policy adapter primes the tensor that
+   upstream's ``train_step`` asks for, and with ``--kl-coef 0`` the reference forward is
+   skipped altogether (:class:`_NoReference`).
+6. Each step's prompts and sampling seeds derive from ``(seed, step)``, so ``--resume``
    continues exactly where an uninterrupted run would be.
 """
 
@@ -27,15 +31,18 @@ import torch
 from gepa_dapo_grn import DAPOConfig, DAPOTrainer, SafetyController
 from gepa_dapo_grn.curriculum import TaskStats
 from gepa_dapo_grn.dapo_core import DAPOBatch
-from gepa_dapo_grn.reward_mixers import mix_reward_vectors
 from tqdm import tqdm
 
 from rg_tracer.config import TrainConfig
 from rg_tracer.dapo.checkpoint import load_optimizer_state, save_checkpoint
-from rg_tracer.dapo.feedback_adapter import FeedbackMappingConfig, make_gepa_feedback
+from rg_tracer.dapo.feedback_adapter import FeedbackMappingConfig
 from rg_tracer.dapo.hf_policy_adapter import HFPolicyAdapter
 from rg_tracer.dapo.logging import JsonlLogger
+from rg_tracer.dapo.objective import (
+    clip_fraction, group_advantages, loss_correction, mixed_rewards, zero_variance_groups,
+)
 from rg_tracer.dapo.optim import ClippingOptimizer
+from rg_tracer.dapo.sampling import GroupSampler, ScoredBatch, seed_for
 from rg_tracer.dapo.setup import PreparedRun, prepare_run, versions
 from rg_tracer.reward_mixer import check_overlap
 from rg_tracer.scorers import run_scorer
@@ -50,8 +57,11 @@ class _StableSafety(SafetyController):
         self.adjust_grn_config(grn_config)
 
 
-def _seed_for(seed: int, step: int, salt: int = 0) -> int:
-    return (seed * 1_000_003 + step * 7919 + salt) % (2**63 - 1)
+class _NoReference:
+    """Stands in for the KL reference when ``--kl-coef 0``: no model copy, no forward."""
+
+    def logprobs(self, actions: torch.Tensor, **inputs) -> torch.Tensor:
+        return torch.zeros(actions.shape[0], device=actions.device)
 
 
 class DAPOHybridTrainer:
@@ -74,7 +84,10 @@ class DAPOHybridTrainer:
         self.step = 0
         self._stop_requested = False
         self._mixer_checked = False
-        if run.reference_model is not None:  # the KL reference is the original model, not the checkpoint
+        self.sampler = GroupSampler(self.policy, run, self.mapping)
+        if cfg.kl_coef == 0:
+            self.dapo.ref_policy = _NoReference()
+        elif run.reference_model is not None:  # the KL reference is the original model, not the checkpoint
             self.dapo.ref_policy = HFPolicyAdapter(run.reference_model.requires_grad_(False), run.tokenizer)
         if run.resume_state:
             self._restore(run.resume_state)
@@ -103,77 +116,81 @@ class DAPOHybridTrainer:
                         self.optimizer, self._trainer_state())
 
     # -- one step ---------------------------------------------------------------
-    def _batch(self, step: int) -> list:
-        """Prompts of ``step``: consecutive slices of a per-epoch seeded permutation."""
-        examples, size = self.run.train.examples, self.config.batch_size
-        picked = []
-        for k in range((step - 1) * size, step * size):
-            epoch, offset = divmod(k, len(examples))
-            order = list(range(len(examples)))
-            random.Random(_seed_for(self.config.seed, epoch, salt=1)).shuffle(order)
-            picked.append(examples[order[offset]])
-        return picked
-
     def train_step(self, step: int) -> dict:
-        cfg, g = self.config, self.config.group_size
-        examples = self._batch(step)
         t0 = time.perf_counter()
-        torch.manual_seed(_seed_for(cfg.seed, step))
-        rollout = self.policy.sample([e.prompt for e in examples], g, cfg.max_new_tokens, cfg.temperature)
-        t1 = time.perf_counter()
-        rows = [e for e in examples for _ in range(g)]  # prompt-major, like the rollout
-        scores = run_scorer(self.run.scorer, [e.prompt for e in rows], rollout.completions, [e.row for e in rows])
-        feedbacks = [
-            make_gepa_feedback(s, self.mapping, meta=e.row, sample=f"step {step}, sample {i} (prompt {e.id})")
-            for i, (s, e) in enumerate(zip(scores, rows))
-        ]
+        batch = self.sampler.sample(step)
         if not self._mixer_checked:
-            check_overlap(self.run.mixer, set(feedbacks[0].rewards), f"--reward-mixer {cfg.reward_mixer}")
+            rewards = set(batch.feedbacks[0].rewards)
+            check_overlap(self.run.mixer, rewards, f"--reward-mixer {self.config.reward_mixer}")
             self._mixer_checked = True
+        t1 = time.perf_counter()
+        rl = self._update(batch)
         t2 = time.perf_counter()
-        logp, entropy = self.policy.score_for_update(rollout.actions, **rollout.inputs)
-        logp_old = logp.detach()  # same parameters, same forward: the batch is fresh
-        extra_loss = -cfg.entropy_coef * entropy if cfg.entropy_coef else None
-        kl_coeff = self.dapo.config.kl_coeff
-        result = self.dapo.train_step(DAPOBatch(rollout.inputs, rollout.actions, logp_old), feedbacks,
-                                      extra_loss=extra_loss)
-        t3 = time.perf_counter()
-        rl = self._rl_metrics(result.metrics, logp_old, kl_coeff, rollout, feedbacks)
+        g = self.config.group_size
         record = self.logger.write(
             "step", step=step, rl=rl,
-            gepa=[fb.to_dict() for fb in feedbacks],
+            gepa=[fb.to_dict() for fb in batch.feedbacks],
             generation=[
                 {"prompt_id": e.id, "completion_id": f"{e.id}#{i % g}", "prompt_tokens": pt,
                  "completion_tokens": ct, "truncated": tr, "completion": text}
                 for i, (e, pt, ct, tr, text) in enumerate(zip(
-                    rows, rollout.prompt_tokens, rollout.completion_tokens, rollout.truncated, rollout.completions))
+                    batch.examples, batch.rollout.prompt_tokens, batch.rollout.completion_tokens,
+                    batch.rollout.truncated, batch.rollout.completions))
             ],
             curriculum={k: dataclasses.asdict(v) for k, v in self.dapo.curriculum.tasks.items()},
             safety=dataclasses.asdict(self.dapo.safety_controller.state),
-            timing={"generate": t1 - t0, "score": t2 - t1, "train": t3 - t2},
+            timing={"sample_and_score": t1 - t0, "train": t2 - t1},
         )
         self.step = step
         return record
 
-    def _rl_metrics(self, upstream: dict, logp_old: torch.Tensor, kl_coeff: float,
-                    rollout, feedbacks: list) -> dict:
-        ratio = torch.exp(self.policy.last_logprobs - logp_old)
-        eps = self.config.clip_ratio
-        clipped = (ratio < 1 - eps) | (ratio > 1 + eps)
-        mixed, _ = mix_reward_vectors([fb.rewards for fb in feedbacks], self.run.mixer)
-        groups = mixed.view(-1, self.config.group_size)  # (B, G)
+    def _update(self, batch: ScoredBatch) -> dict:
+        """``--updates-per-batch`` upstream train steps on one batch; returns the ``rl`` metrics."""
+        cfg, rollout = self.config, batch.rollout
+        scalar = mixed_rewards(batch.feedbacks, self.run.mixer)
+        advantages = group_advantages(scalar, cfg.group_size, cfg.clip_advantage)
+        weights = None
+        if cfg.mask_truncated and any(rollout.truncated):
+            weights = 1.0 - torch.tensor(rollout.truncated, dtype=torch.float32)
+        logp_old, clip_fracs, corrections = None, [], []
+        kl_coeff = self.dapo.config.kl_coeff
+        for _ in range(cfg.updates_per_batch):
+            logp, entropy = self.policy.score_for_update(rollout.actions, **rollout.inputs)
+            if logp_old is None:
+                logp_old = logp.detach()  # same parameters, same forward: the batch is fresh
+            ratio = torch.exp(logp.detach() - logp_old)
+            clip_fracs.append(clip_fraction(ratio, cfg.clip_ratio, cfg.eps_high))
+            extra = loss_correction(logp, logp_old, advantages.to(logp.device), upstream_eps=self.dapo.config.clip_ratio,
+                                    eps_low=cfg.clip_ratio, eps_high=cfg.eps_high,
+                                    weights=None if weights is None else weights.to(logp.device))
+            corrections.append(0.0 if extra is None else extra.item())
+            if cfg.entropy_coef:
+                extra = -cfg.entropy_coef * entropy + (0.0 if extra is None else extra)
+            result = self.dapo.train_step(DAPOBatch(rollout.inputs, rollout.actions, logp_old), batch.feedbacks,
+                                          extra_loss=extra)
+        return self._rl_metrics(result.metrics, kl_coeff, batch, scalar, clip_fracs, corrections[-1])
+
+    def _rl_metrics(self, upstream: dict, kl_coeff: float, batch: ScoredBatch, scalar: torch.Tensor,
+                    clip_fracs: list[float], correction: float) -> dict:
+        rollout, no_kl = batch.rollout, self.config.kl_coef == 0
         lengths = torch.tensor(rollout.completion_tokens, dtype=torch.float32)
-        return {
-            "loss": upstream["loss/total"], "policy_loss": upstream["loss/policy"],
-            "kl": upstream["kl/value"], "clip_ratio": clipped.float().mean().item(),
+        rl = {
+            "loss": upstream["loss/total"], "policy_loss": upstream["loss/policy"] + correction,
+            "kl": None if no_kl else upstream["kl/value"], "clip_ratio": sum(clip_fracs) / len(clip_fracs),
             "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": self.optimizer.last_grad_norm,
             "entropy": self.policy.last_entropy, "kl_coeff": kl_coeff,
-            "reward_mixed_mean": upstream["reward/mean"], "reward_mixed_std": upstream["reward/std"],
-            "zero_std_group_frac": (groups.std(dim=1) < 1e-8).float().mean().item(),
-            "completion_length_mean": lengths.mean().item(),
+            "reward_mixed_mean": scalar.mean().item(), "reward_mixed_std": scalar.std(unbiased=False).item(),
+            "zero_std_group_frac": zero_variance_groups(scalar, self.config.group_size).float().mean().item(),
+            "completion_length_mean": lengths.mean().item(), "completion_length_min": lengths.min().item(),
+            "completion_length_max": lengths.max().item(),
             "truncated_frac": sum(rollout.truncated) / len(rollout.truncated),
+            **{f"clip_ratio/update_{k + 1}": c for k, c in enumerate(clip_fracs) if len(clip_fracs) > 1},
+            **batch.stats,
             **upstream,
         }
+        if no_kl:  # upstream reports mean(logp - 0) as KL when there is no reference
+            rl["kl/value"] = None
+        return rl
 
     # -- evaluation ---------------------------------------------------------------
     def evaluate(self, step: int) -> list[dict]:
@@ -183,7 +200,7 @@ class DAPOHybridTrainer:
         for split, dataset in splits:
             examples = list(dataset.examples)
             if split == "train":
-                random.Random(_seed_for(self.config.seed, 0, salt=2)).shuffle(examples)
+                random.Random(seed_for(self.config.seed, 0, salt=2)).shuffle(examples)
             if self.config.eval_samples:
                 examples = examples[: self.config.eval_samples]
             sums: dict[str, float] = {}
@@ -246,7 +263,8 @@ def _postfix(record: dict) -> str:
             means.setdefault(key, []).append(value)
     axes = " ".join(f"{k[:8]}={sum(v) / len(v):.2f}" for k, v in means.items())
     rl = record["rl"]
-    return f"reward={rl['reward_mixed_mean']:.3f} {axes} kl={rl['kl']:.4f}"
+    kl = "off" if rl["kl"] is None else f"{rl['kl']:.4f}"
+    return f"reward={rl['reward_mixed_mean']:.3f} {axes} kl={kl}"
 
 
 def train(config: TrainConfig) -> DAPOHybridTrainer:

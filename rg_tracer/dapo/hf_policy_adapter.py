@@ -39,6 +39,33 @@ class Rollout:
     completion_tokens: list[int]  # tokens trained on, EOS included
     truncated: list[bool]  # no EOS within max_new_tokens
 
+    def select(self, rows: list[int]) -> "Rollout":
+        idx = torch.tensor(rows, dtype=torch.long, device=self.actions.device)
+        pick = lambda values: [values[i] for i in rows]  # noqa: E731
+        return Rollout({k: v[idx] for k, v in self.inputs.items()}, self.actions[idx], pick(self.completions),
+                       pick(self.prompt_tokens), pick(self.completion_tokens), pick(self.truncated))
+
+    @staticmethod
+    def concat(parts: list["Rollout"], pad_id: int) -> "Rollout":
+        """Stack rollouts of different widths: prompts left-padded, completions right-padded."""
+        width_p = max(p.inputs["input_ids"].shape[1] - p.actions.shape[1] for p in parts)
+        width_c = max(p.actions.shape[1] for p in parts)
+        ids, masks, comp_masks, actions = [], [], [], []
+        for p in parts:
+            c = p.actions.shape[1]
+            prompt_ids, prompt_mask = p.inputs["input_ids"][:, :-c], p.inputs["attention_mask"][:, :-c]
+            left, right = width_p - prompt_ids.shape[1], width_c - c
+            act = F.pad(p.actions, (0, right), value=pad_id)
+            comp = F.pad(p.inputs["completion_mask"], (0, right), value=0)
+            ids.append(torch.cat([F.pad(prompt_ids, (left, 0), value=pad_id), act], 1))
+            masks.append(torch.cat([F.pad(prompt_mask, (left, 0), value=0), comp], 1))
+            comp_masks.append(comp)
+            actions.append(act)
+        join = lambda name: [v for p in parts for v in getattr(p, name)]  # noqa: E731
+        inputs = {"input_ids": torch.cat(ids), "attention_mask": torch.cat(masks), "completion_mask": torch.cat(comp_masks)}
+        return Rollout(inputs, torch.cat(actions), join("completions"), join("prompt_tokens"),
+                       join("completion_tokens"), join("truncated"))
+
 
 class HFPolicyAdapter(Policy):
     def __init__(self, model: torch.nn.Module, tokenizer) -> None:

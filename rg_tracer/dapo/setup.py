@@ -95,6 +95,8 @@ def prepare_run(config: TrainConfig) -> PreparedRun:
     if not Path(config.reward_mixer).is_file():
         raise UserError(f"--reward-mixer {config.reward_mixer}: no such file (see configs/reward_mixer.yaml for the format)")
     mixer = load_reward_mixer(config.reward_mixer)
+    if config.overlong_buffer and "overlong_penalty" not in mixer.weights:
+        mixer.weights["overlong_penalty"] = 1.0  # DAPO adds the penalty to the reward as is
     train = load_dataset(config.dataset)
     eval_path = resolve_eval_path(config.dataset, config.eval_dataset)
     eval_set = load_dataset(eval_path) if eval_path else None

@@ -1,0 +1,113 @@
+"""Rollouts for one step: sample groups, score them, shape rewards, filter groups.
+
+Two DAPO techniques live here because they act before the loss:
+
+* **Overlong reward shaping** adds the axis ``overlong_penalty``: 0 up to
+  ``L_max - L_cache`` generated tokens, then falling linearly to -1 at ``L_max``.
+* **Dynamic sampling** drops groups whose mixed rewards have zero variance (their
+  advantages are all 0 after group normalisation) and samples further prompts until
+  the batch holds ``batch_size`` informative groups or ``max_sampling_rounds`` is hit;
+  then it tops the batch up with dropped groups so every step has the same shape.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import torch
+
+from rg_tracer.dapo.feedback_adapter import make_gepa_feedback
+from rg_tracer.dapo.hf_policy_adapter import Rollout
+from rg_tracer.dapo.objective import mixed_rewards, zero_variance_groups
+from rg_tracer.scorers import run_scorer
+
+__all__ = ["ScoredBatch", "GroupSampler", "overlong_penalty", "seed_for"]
+
+
+def seed_for(seed: int, step: int, salt: int = 0) -> int:
+    return (seed * 1_000_003 + step * 7919 + salt * 104_729) % (2**63 - 1)
+
+
+def overlong_penalty(length: int, max_len: int, buffer: int) -> float:
+    """DAPO's soft overlong punishment for a completion of ``length`` tokens."""
+    if buffer <= 0 or length <= max_len - buffer:
+        return 0.0
+    return max(-1.0, (max_len - buffer - length) / buffer)
+
+
+@dataclass
+class ScoredBatch:
+    examples: list  # one dataset row per sample, prompt-major
+    rollout: Rollout
+    feedbacks: list
+    stats: dict = field(default_factory=dict)
+
+
+class GroupSampler:
+    def __init__(self, policy, run, mapping) -> None:
+        self.policy, self.run, self.mapping, self.config = policy, run, mapping, run.config
+        self._orders: dict[int, list[int]] = {}
+
+    def prompts(self, step: int, round_: int) -> list:
+        """Round 0: consecutive slices of a per-epoch seeded permutation; later rounds: a seeded draw."""
+        examples, size, seed = self.run.train.examples, self.config.batch_size, self.config.seed
+        if round_:
+            rng = random.Random(seed_for(seed, step, salt=10 + round_))
+            return [examples[rng.randrange(len(examples))] for _ in range(size)]
+        picked = []
+        for k in range((step - 1) * size, step * size):
+            epoch, offset = divmod(k, len(examples))
+            if epoch not in self._orders:
+                order = list(range(len(examples)))
+                random.Random(seed_for(seed, epoch, salt=1)).shuffle(order)
+                self._orders = {epoch: order}
+            picked.append(examples[self._orders[epoch][offset]])
+        return picked
+
+    def _score(self, step: int, round_: int) -> ScoredBatch:
+        cfg, g = self.config, self.config.group_size
+        prompts = self.prompts(step, round_)
+        torch.manual_seed(seed_for(cfg.seed, step, salt=round_))
+        rollout = self.policy.sample([e.prompt for e in prompts], g, cfg.max_new_tokens, cfg.temperature)
+        rows = [e for e in prompts for _ in range(g)]
+        scores = run_scorer(self.run.scorer, [e.prompt for e in rows], rollout.completions, [e.row for e in rows])
+        feedbacks = []
+        for i, (s, e, n) in enumerate(zip(scores, rows, rollout.completion_tokens)):
+            fb = make_gepa_feedback(s, self.mapping, meta=e.row, sample=f"step {step}, sample {i} (prompt {e.id})")
+            if cfg.overlong_buffer:
+                fb.rewards["overlong_penalty"] = overlong_penalty(n, cfg.max_new_tokens, cfg.overlong_buffer)
+            feedbacks.append(fb)
+        return ScoredBatch(rows, rollout, feedbacks)
+
+    def sample(self, step: int) -> ScoredBatch:
+        cfg, g = self.config, self.config.group_size
+        first = self._score(step, 0)
+        if not cfg.dynamic_sampling:
+            return first
+        kept, dropped, sampled, rounds = [], [], 0, 0
+        batch = first
+        while True:
+            rounds += 1
+            flat = zero_variance_groups(mixed_rewards(batch.feedbacks, self.run.mixer), g).tolist()
+            sampled += len(flat)
+            for group, is_flat in enumerate(flat):
+                (dropped if is_flat else kept).append((batch, group))
+            if len(kept) >= cfg.batch_size or rounds >= cfg.max_sampling_rounds:
+                break
+            batch = self._score(step, rounds)
+        n_kept = min(len(kept), cfg.batch_size)
+        chosen = (kept + dropped)[: cfg.batch_size]
+        merged = _merge(chosen, g, self.policy.tokenizer.pad_token_id)
+        merged.stats = {"groups_sampled": sampled, "groups_kept": n_kept, "sampling_rounds": rounds}
+        return merged
+
+
+def _merge(groups: list[tuple[ScoredBatch, int]], g: int, pad_id: int) -> ScoredBatch:
+    examples, feedbacks, parts = [], [], []
+    for batch, group in groups:
+        rows = list(range(group * g, (group + 1) * g))
+        examples += [batch.examples[i] for i in rows]
+        feedbacks += [batch.feedbacks[i] for i in rows]
+        parts.append(batch.rollout.select(rows))
+    return ScoredBatch(examples, Rollout.concat(parts, pad_id), feedbacks)
