@@ -66,8 +66,6 @@ def train_command(ctx: click.Context, config_file: str | None, **options) -> Non
 
     trainer = train(config)
     click.echo(f"log: {trainer.run.log_path} (step {trainer.step})")
-    if trainer.step < config.max_steps:
-        click.echo("stopped early; continue with the same command plus --resume", err=True)
 
 
 @cli.command("init-model")

@@ -32,6 +32,7 @@ __all__ = [
     "SchemaError",
     "upgrade",
     "validate",
+    "supersede",
 ]
 
 SCHEMA = "rg-tracer/1"
@@ -191,3 +192,19 @@ def finite_or_none(value: float) -> float | None:
     """JSON has no NaN/Infinity: a non-finite metric is written as ``null``."""
     value = float(value)
     return value if math.isfinite(value) else None
+
+
+def supersede(records: list[dict]) -> list[dict]:
+    """Drop ``step``/``eval`` records that a later ``--resume`` segment replaced.
+
+    A ``run`` record with ``resumed_from_step = k`` means the run restarted from its
+    checkpoint at step ``k``: records of earlier segments with ``step > k`` were
+    written after that checkpoint and are superseded by the new segment's.
+    """
+    kept: list[dict] = []
+    for record in records:
+        resumed = record.get("resumed_from_step") if record.get("kind") == "run" else None
+        if resumed is not None:
+            kept = [r for r in kept if r.get("kind") not in ("step", "eval", "end") or r["step"] <= resumed]
+        kept.append(record)
+    return kept

@@ -25,6 +25,7 @@ import math
 import random
 import signal
 import sys
+import threading
 import time
 
 import torch
@@ -37,7 +38,7 @@ from rg_tracer.config import TrainConfig
 from rg_tracer.dapo.checkpoint import load_optimizer_state, save_checkpoint
 from rg_tracer.dapo.feedback_adapter import FeedbackMappingConfig
 from rg_tracer.dapo.hf_policy_adapter import HFPolicyAdapter
-from rg_tracer.dapo.logging import JsonlLogger
+from rg_tracer.dapo.logging import JsonlLogger, drop_torn_tail
 from rg_tracer.dapo.objective import (
     clip_fraction, group_advantages, loss_correction, mixed_rewards, zero_variance_groups,
 )
@@ -80,6 +81,11 @@ class DAPOHybridTrainer:
         )
         self.dapo = DAPOTrainer(self.policy, self.optimizer, config=dapo_config,
                                 reward_mixer=run.mixer, safety_controller=_StableSafety())
+        if run.resumed_from_step is not None:
+            torn = drop_torn_tail(run.log_path)
+            if torn:
+                print(f"{run.log_path}: removed an unfinished last line ({torn} bytes) left by the previous process",
+                      file=sys.stderr)
         self.logger = JsonlLogger(run.log_path)
         self.step = 0
         self._stop_requested = False
@@ -111,9 +117,9 @@ class DAPOHybridTrainer:
             "config": self.config.to_dict(),
         }
 
-    def save(self) -> None:
-        save_checkpoint(self.run.run_dir, self.step, self.run.model, self.run.tokenizer,
-                        self.optimizer, self._trainer_state())
+    def save(self):
+        return save_checkpoint(self.run.run_dir, self.step, self.run.model, self.run.tokenizer,
+                               self.optimizer, self._trainer_state())
 
     # -- one step ---------------------------------------------------------------
     def train_step(self, step: int) -> dict:
@@ -230,9 +236,10 @@ class DAPOHybridTrainer:
             model={"name_or_path": cfg.model, "arch": type(run.model).__name__,
                    "parameters": sum(p.numel() for p in run.model.parameters())},
             dataset={**run.train.describe(), "eval": run.eval.describe() if run.eval else None},
-            reward_weights=dict(run.mixer.weights), resumed_from_step=start if run.checkpoint else None,
+            reward_weights=dict(run.mixer.weights), resumed_from_step=run.resumed_from_step,
         )
-        previous = signal.signal(signal.SIGINT, self._request_stop)
+        in_main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, self._request_stop) if in_main else None
         bar = tqdm(total=cfg.max_steps, initial=start, desc="train", disable=not cfg.progress,
                    dynamic_ncols=True, file=sys.stderr)
         try:
@@ -246,12 +253,17 @@ class DAPOHybridTrainer:
                 bar.set_postfix_str(_postfix(record), refresh=False)
                 if self._stop_requested:
                     break
-            self.save()
-            status = "completed" if self.step == cfg.max_steps else "interrupted"
-            self.logger.write("end", step=self.step, status=status)
+            if self.step > start:
+                checkpoint = self.save()
+                status = "completed" if self.step == cfg.max_steps else "interrupted"
+                self.logger.write("end", step=self.step, status=status)
+                if status == "interrupted":
+                    print(f"interrupted after step {self.step}; checkpoint {checkpoint}; "
+                          "continue with the same command plus --resume", file=sys.stderr)
         finally:
             bar.close()
-            signal.signal(signal.SIGINT, previous)
+            if in_main:
+                signal.signal(signal.SIGINT, previous)
             self.logger.close()
         return self.step
 

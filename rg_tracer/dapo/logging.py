@@ -17,7 +17,7 @@ from typing import Any
 
 from rg_tracer.schema import SCHEMA
 
-__all__ = ["JsonlLogger", "NullLogger", "json_safe"]
+__all__ = ["JsonlLogger", "NullLogger", "json_safe", "drop_torn_tail"]
 
 
 def json_safe(value: Any) -> Any:
@@ -31,9 +31,46 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+# Line breaks by Python's str.splitlines() that JSON leaves raw inside strings; escaped
+# so that any line-splitting reader sees one record per line.
+_RAW_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
 def _line(kind: str, fields: dict) -> tuple[dict, str]:
     record = {"schema": SCHEMA, "kind": kind, "time": time.time(), **fields}
-    return record, json.dumps(json_safe(record), ensure_ascii=False, allow_nan=False) + "\n"
+    text = json.dumps(json_safe(record), ensure_ascii=False, allow_nan=False)
+    return record, text.translate(_RAW_BREAKS) + "\n"
+
+
+def drop_torn_tail(path: Path) -> int:
+    """Cut a last line that has no newline (a writer killed mid-line); return bytes removed.
+
+    Such a fragment was never a record, and a resumed run must not glue its first
+    record onto it. Readers never consume an unterminated line, so nothing they read
+    changes.
+    """
+    try:
+        with open(path, "rb+") as f:
+            size = f.seek(0, 2)
+            if size == 0:
+                return 0
+            chunk, end = 65536, size
+            while end > 0:
+                start = max(0, end - chunk)
+                f.seek(start)
+                block = f.read(end - start)
+                if end == size and block.endswith(b"\n"):
+                    return 0
+                newline = block.rfind(b"\n")
+                if newline >= 0:
+                    keep = start + newline + 1
+                    f.truncate(keep)
+                    return size - keep
+                end = start
+            f.truncate(0)
+            return size
+    except FileNotFoundError:
+        return 0
 
 
 class JsonlLogger:

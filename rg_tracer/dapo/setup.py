@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import platform
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ class PreparedRun:
     checkpoint: Path | None  # resume source
     resume_state: dict | None
     reference_model: Any = None  # on resume: the original --model, the KL reference
+    resumed_from_step: int | None = None  # None: a fresh run; 0: --resume found no checkpoint
 
 
 def versions() -> dict:
@@ -72,12 +74,10 @@ def _device(name: str):
 
 
 def _run_dir_state(config: TrainConfig, run_dir: Path, log_path: Path) -> Path | None:
+    """The checkpoint to resume from; refuses to touch an existing run unless told how."""
     has_run = log_path.exists() or (run_dir / "checkpoints").exists()
     if config.resume:
-        checkpoint = latest_checkpoint(run_dir)
-        if checkpoint is None:
-            raise UserError(f"--resume: no complete checkpoint under {run_dir}/checkpoints; start without --resume")
-        return checkpoint
+        return latest_checkpoint(run_dir)
     if has_run and not config.overwrite:
         raise UserError(
             f"{run_dir} already holds a run; pass --resume to continue it, "
@@ -120,5 +120,9 @@ def prepare_run(config: TrainConfig) -> PreparedRun:
     if config.overwrite:
         log_path.unlink(missing_ok=True)
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    resumed_from = resume_state["step"] if resume_state else (0 if config.resume and log_path.exists() else None)
+    if resumed_from == 0:
+        print(f"--resume: no complete checkpoint under {run_dir}; starting again from step 0 "
+              "(earlier steps in the log are superseded)", file=sys.stderr)
     return PreparedRun(config, train, eval_set, scorer, mixer, model, tokenizer, device,
-                       run_dir, log_path, checkpoint, resume_state, reference)
+                       run_dir, log_path, checkpoint, resume_state, reference, resumed_from)

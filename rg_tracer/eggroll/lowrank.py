@@ -1,0 +1,271 @@
+"""EGGROLL's low-rank perturbations, applied inside the forward and regenerated from seeds.
+
+Sarkar et al. 2025 ("Evolution Strategies at the Hyperscale", arXiv 2511.16652). For a
+weight ``W`` of shape (m, n) (``y = x Wᵀ``), population member ``i`` sees
+
+    W_i = W + s_i · (σ/√r) · A_k B_kᵀ,   A_k ∈ R^{m×r}, B_k ∈ R^{n×r} standard normal,
+
+where ``k`` is the member's noise draw and ``s_i = ±1``. With antithetic sampling
+members ``2k`` and ``2k+1`` share draw ``k`` with signs ``+1, -1``. The forward never
+forms ``A Bᵀ``: a hook adds ``s_i (σ/√r) (x B_k) A_kᵀ`` to the layer's output, one
+``torch.bmm`` per layer for the whole population, so the extra memory per member is
+O(r(m+n)) instead of the O(mn) of a perturbed copy.
+
+How this departs from the paper (and why):
+
+1. Only matrices are perturbed: every ``nn.Linear`` and GPT-2 ``Conv1D`` weight. Biases,
+   norms and embeddings stay fixed, and a weight shared with another module (a tied
+   ``lm_head``) is skipped, because the hook would perturb only one of its uses while
+   the update would move both.
+2. ``A_k, B_k`` come from a CPU ``torch.Generator`` seeded with
+   ``mix(seed, generation, k, layer)``, so a draw is the same on every device and is
+   regenerated for the update instead of being stored between evaluation and update.
+3. The update is ``W += lr · (1/N) Σ_i f_i · s_i (σ/√r) A_k B_kᵀ`` with shaped fitness
+   ``f_i``: lr times the fitness-weighted mean of the perturbations the members saw.
+   It equals ``lr·σ²·ĝ`` for the Gaussian-smoothing gradient estimate
+   ``ĝ = 1/(Nσ) Σ f_i ε_i`` (``ε_i = s_i A_k B_kᵀ/√r``), so lr is dimensionless and the
+   step is measured in units of σ: halving σ at fixed lr quarters the step.
+
+Batch layout: a forward over the population stacks inputs member-major along the first
+dimension (rows ``i·R .. (i+1)·R - 1`` belong to member ``i``; :func:`tile_members`).
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from rg_tracer.errors import UserError
+
+__all__ = [
+    "Layer",
+    "mix_seed",
+    "Population",
+    "check_population",
+    "check_rank",
+    "find_layers",
+    "perturbed",
+    "es_update",
+    "dense_delta",
+    "tile_members",
+]
+
+_MASK64 = (1 << 64) - 1
+
+
+def mix_seed(*parts: int) -> int:
+    """SplitMix64 over ``parts``: a seed that is stable across runs and Python versions."""
+    h = 0x9E3779B97F4A7C15
+    for part in parts:
+        h = (h ^ (int(part) & _MASK64)) * 0xBF58476D1CE4E5B9 & _MASK64
+        h = (h ^ (h >> 31)) * 0x94D049BB133111EB & _MASK64
+        h ^= h >> 29
+    return h & ((1 << 63) - 1)
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One perturbed weight, seen as (m, n) = (out_features, in_features)."""
+
+    name: str
+    module: nn.Module
+    out_features: int
+    in_features: int
+    transposed: bool  # GPT-2 Conv1D stores the weight as (n, m) and computes x W
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.module.weight
+
+
+def _conv1d_class():
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # transformers is a dependency, but the core works without it
+        return ()
+    return Conv1D
+
+
+def find_layers(model: nn.Module) -> list[Layer]:
+    """Every Linear/Conv1D weight of ``model`` in module order, tied weights excluded."""
+    uses: dict[int, int] = {}
+    for _, param in model.named_parameters(remove_duplicate=False):
+        uses[id(param)] = uses.get(id(param), 0) + 1
+    conv1d = _conv1d_class()
+    layers = []
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if weight is None or uses.get(id(weight), 0) != 1:
+            continue
+        if isinstance(module, nn.Linear):
+            layers.append(Layer(name, module, module.out_features, module.in_features, False))
+        elif conv1d and isinstance(module, conv1d):
+            layers.append(Layer(name, module, weight.shape[1], weight.shape[0], True))
+    return layers
+
+
+def check_population(size: int, rank: int, sigma: float, antithetic: bool) -> None:
+    """The rules every population obeys; raises :class:`UserError` naming the fix."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 2:
+        raise UserError(f"--population {size!r} must be an integer >= 2 (an update compares members)")
+    if antithetic and size % 2:
+        raise UserError(
+            f"--population {size} is odd, but antithetic sampling pairs each member (+σ) with its "
+            f"mirror (-σ); use an even number such as {size + 1}, or pass --no-antithetic"
+        )
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise UserError(f"--rank {rank!r} must be an integer >= 1 (the paper uses 1 to 4)")
+    if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
+        raise UserError(f"--sigma {sigma!r} must be a finite number > 0 (the perturbation scale, e.g. 0.05)")
+
+
+def check_rank(layers: list[Layer], rank: int) -> None:
+    """A rank above min(m, n) of some layer adds nothing but cost; refuse it."""
+    if not layers:
+        raise UserError("the model has no nn.Linear or Conv1D weight to perturb; EGGROLL needs matrix weights")
+    smallest = min(layers, key=lambda l: min(l.out_features, l.in_features))
+    limit = min(smallest.out_features, smallest.in_features)
+    if rank > limit:
+        raise UserError(
+            f"--rank {rank} exceeds min(m, n) = {limit} of layer {smallest.name!r} "
+            f"({smallest.out_features}×{smallest.in_features}); use --rank {limit} or less"
+        )
+
+
+@dataclass(frozen=True)
+class Population:
+    """The members of one generation; their perturbations are a function of these fields."""
+
+    size: int
+    rank: int
+    sigma: float
+    seed: int
+    generation: int
+    antithetic: bool = True
+
+    def __post_init__(self) -> None:
+        check_population(self.size, self.rank, self.sigma, self.antithetic)
+
+    @property
+    def group(self) -> int:
+        """Members per noise draw: 2 (a mirrored pair) or 1."""
+        return 2 if self.antithetic else 1
+
+    @property
+    def draws(self) -> int:
+        return self.size // self.group
+
+    def draw_of(self, member: int) -> int:
+        return member // self.group
+
+    def sign_of(self, member: int) -> int:
+        return -1 if member % self.group else 1
+
+    def signs(self) -> torch.Tensor:
+        """(N,) ±1, member order."""
+        return torch.tensor([float(self.sign_of(i)) for i in range(self.size)])
+
+    def draw_seed(self, draw: int, layer: int) -> int:
+        return mix_seed(self.seed, self.generation, draw, layer)
+
+    def factors(self, layer_index: int, layer: Layer, draws: range | None = None):
+        """``(A, B)`` of ``draws`` (default all): shapes (K, m, r) and (K, n, r), CPU float32."""
+        draws = range(self.draws) if draws is None else draws
+        a_list, b_list = [], []
+        for k in draws:
+            gen = torch.Generator(device="cpu").manual_seed(self.draw_seed(k, layer_index))
+            a_list.append(torch.randn(layer.out_features, self.rank, generator=gen))
+            b_list.append(torch.randn(layer.in_features, self.rank, generator=gen))
+        return torch.stack(a_list), torch.stack(b_list)
+
+    @property
+    def scale(self) -> float:
+        return self.sigma / math.sqrt(self.rank)
+
+
+def tile_members(batch: torch.Tensor, n_members: int) -> torch.Tensor:
+    """Repeat a batch once per member, member-major: (R, ...) -> (N·R, ...)."""
+    return batch.repeat(n_members, *([1] * (batch.dim() - 1)))
+
+
+def _hook(a: torch.Tensor, b: torch.Tensor, signs: torch.Tensor, members: int):
+    draws, group = a.shape[0], signs.numel()
+
+    def hook(module, args, output):
+        x = args[0]
+        if x.shape[0] % members:
+            raise ValueError(
+                f"{type(module).__name__} got a batch of {x.shape[0]} rows, not a multiple of the "
+                f"{members} perturbed members; stack inputs member-major (tile_members)"
+            )
+        xk = x.reshape(draws, -1, x.shape[-1])  # (K, G·R·T, n): a draw's members are adjacent
+        z = torch.bmm(xk, b.to(x.dtype))  # (K, G·R·T, r)
+        z = (z.view(draws, group, -1, z.shape[-1]) * signs.to(x.dtype).view(1, group, 1, 1)).view(draws, -1, z.shape[-1])
+        delta = torch.bmm(z, a.to(x.dtype).transpose(1, 2))  # (K, G·R·T, m)
+        return output + delta.view(output.shape)
+
+    return hook
+
+
+@contextmanager
+def perturbed(layers: list[Layer], population: Population, members: range | None = None) -> Iterator[None]:
+    """Within the block, a forward over ``members`` (default all) sees each member's weights.
+
+    ``members`` must start and stop on a draw boundary (even numbers when antithetic), so
+    a population too large for one forward is evaluated in several member batches.
+    """
+    members = range(population.size) if members is None else members
+    g = population.group
+    if members.start % g or members.stop % g or members.step != 1 or not len(members):
+        raise ValueError(f"member batch {members} must be a non-empty contiguous range aligned to {g}")
+    draws = range(members.start // g, members.stop // g)
+    signs = torch.tensor([1.0, -1.0][:g]) * population.scale
+    handles = []
+    try:
+        for index, layer in enumerate(layers):
+            a, b = population.factors(index, layer, draws)
+            device = layer.weight.device
+            handles.append(layer.module.register_forward_hook(
+                _hook(a.to(device), b.to(device), signs.to(device), len(members))))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def dense_delta(layer: Layer, layer_index: int, population: Population, member: int) -> torch.Tensor:
+    """Member ``member``'s perturbation ``s (σ/√r) A Bᵀ`` as a dense (m, n) matrix (tests, baselines)."""
+    k = population.draw_of(member)
+    a, b = population.factors(layer_index, layer, range(k, k + 1))
+    return population.sign_of(member) * population.scale * (a[0] @ b[0].T)
+
+
+@torch.no_grad()
+def es_update(layers: list[Layer], population: Population, fitness, lr: float) -> float:
+    """``W += lr · (1/N) Σ_i f_i s_i (σ/√r) A_k B_kᵀ`` for every layer; return the step's L2 norm.
+
+    ``fitness`` holds the shaped fitness of members 0..N-1. Members sharing a draw are
+    summed first (``Σ_i s_i f_i`` per draw), then one (m, K·r) @ (K·r, n) product per
+    layer forms the whole update: no per-member (m, n) matrix exists at any point.
+    """
+    f = torch.as_tensor(fitness, dtype=torch.float32).flatten()
+    if f.numel() != population.size:
+        raise ValueError(f"got {f.numel()} fitness values for a population of {population.size}")
+    per_draw = (f * population.signs()).view(population.draws, population.group).sum(1)  # (K,)
+    coef = lr * population.scale / population.size
+    total = 0.0
+    for index, layer in enumerate(layers):
+        a, b = population.factors(index, layer)  # (K, m, r), (K, n, r)
+        m, n, r = layer.out_features, layer.in_features, population.rank
+        a_cat = (a * per_draw.view(-1, 1, 1)).permute(1, 0, 2).reshape(m, -1)  # (m, K·r)
+        b_cat = b.permute(1, 0, 2).reshape(n, -1)  # (n, K·r)
+        delta = coef * (a_cat @ b_cat.T)  # (m, n)
+        weight = layer.weight
+        weight.add_((delta.T if layer.transposed else delta).to(device=weight.device, dtype=weight.dtype))
+        total += float(delta.pow(2).sum())
+    return math.sqrt(total)

@@ -1,0 +1,75 @@
+"""One generation's member fitness: generate -> score -> feedback -> mix, as the trainer does.
+
+Every member answers the same ``P`` prompts. Member batches of the population are
+stacked member-major into one ``generate`` call each (``N·P`` rows when the whole
+population fits), the perturbation riding in the Linear/Conv1D hooks, so the KV cache
+and left padding of :class:`~rg_tracer.dapo.hf_policy_adapter.HFPolicyAdapter` work
+unchanged. The scorer, the feedback mapping and upstream's ``mix_reward_vectors`` with
+the ``--reward-mixer`` weights then give one scalar per completion, exactly the
+trainer's reward; a member's fitness is the mean of its ``P`` scalars.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from gepa_dapo_grn.reward_mixers import mix_reward_vectors
+
+from rg_tracer.dapo.feedback_adapter import make_gepa_feedback
+from rg_tracer.eggroll.lowrank import Population, mix_seed, perturbed
+from rg_tracer.scorers import run_scorer
+
+__all__ = ["MemberEval", "evaluate_members"]
+
+
+@dataclass
+class MemberEval:
+    """Member-major results: row ``i·P + p`` is member ``i`` on prompt ``p``."""
+
+    examples: list  # the P prompts (dataset Examples)
+    completions: list[str] = field(default_factory=list)
+    prompt_tokens: list[int] = field(default_factory=list)
+    completion_tokens: list[int] = field(default_factory=list)
+    truncated: list[bool] = field(default_factory=list)
+    feedbacks: list = field(default_factory=list)
+    mixed: torch.Tensor | None = None  # (N·P,) mixed scalar reward per completion
+    fitness: torch.Tensor | None = None  # (N,) mean mixed reward per member
+
+    def prompt_major(self) -> list[int]:
+        """Row indices reordered prompt-major (the log's order: a prompt's members are adjacent)."""
+        p = len(self.examples)
+        n = len(self.completions) // p
+        return [i * p + j for j in range(p) for i in range(n)]
+
+
+def evaluate_members(policy, layers, population: Population, examples: list, *, scorer, mapping, mixer,
+                     member_batch: int, max_new_tokens: int, temperature: float) -> MemberEval:
+    """Fitness of every member of ``population`` on ``examples`` (see module docstring)."""
+    prompts = [e.prompt for e in examples]
+    out = MemberEval(list(examples))
+    batch = member_batch or population.size
+    with torch.no_grad():
+        for start in range(0, population.size, batch):
+            members = range(start, start + batch)
+            if temperature > 0:  # sampled completions: seeded per generation and member batch
+                torch.manual_seed(mix_seed(population.seed, population.generation, start, 0x5A))
+            with perturbed(layers, population, members):
+                rollout = policy.sample(prompts * batch, 1, max_new_tokens,
+                                        temperature=temperature or 1.0, greedy=temperature == 0)
+            out.completions += rollout.completions
+            out.prompt_tokens += rollout.prompt_tokens
+            out.completion_tokens += rollout.completion_tokens
+            out.truncated += rollout.truncated
+    rows = list(examples) * population.size
+    scores = run_scorer(scorer, [e.prompt for e in rows], out.completions, [e.row for e in rows])
+    out.feedbacks = [
+        make_gepa_feedback(s, mapping, meta=e.row,
+                           sample=f"generation {population.generation}, member {i // len(examples)} (prompt {e.id})")
+        for i, (s, e) in enumerate(zip(scores, rows))
+    ]
+    for i, fb in enumerate(out.feedbacks):
+        fb.meta.update(member=i // len(examples), sign=population.sign_of(i // len(examples)))
+    out.mixed, _ = mix_reward_vectors([fb.rewards for fb in out.feedbacks], mixer)
+    out.fitness = out.mixed.view(population.size, len(examples)).mean(dim=1)  # (N,)
+    return out
