@@ -97,6 +97,42 @@ def init_model_command(out_dir: Path, arch, layers, hidden, heads, max_positions
 cli.add_command(train_command)
 
 
+@cli.command("data")
+@click.argument("task", type=click.Choice(["modular", "addition", "parity"]))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Directory for train.jsonl, test.jsonl and dataset.json.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Shuffle (and sampling) seed.")
+@click.option("--train-frac", type=float, default=0.5, show_default=True, help="Fraction of items in train.")
+@click.option("--p", "p", type=int, default=97, show_default=True, help="modular: the modulus (prime for '/').")
+@click.option("--op", type=click.Choice(["+", "-", "*", "/"]), default="+", show_default=True, help="modular: operation.")
+@click.option("--digits", type=int, default=3, show_default=True, help="addition: digits per operand.")
+@click.option("--count", type=int, default=None, help="addition/parity: items to generate (default 2000 / 1000).")
+@click.option("--n", "n", type=int, default=10, show_default=True, help="parity: bits per string.")
+@click.option("--k", "k", type=int, default=3, show_default=True, help="parity: secret bits whose parity is the answer.")
+@user_errors
+def data_command(task, out_dir, seed, train_frac, p, op, digits, count, n, k) -> None:
+    """Generate a TASK dataset with a clean held-out split (no test prompt in train).
+
+    \b
+    Tasks:
+        modular   every pair a op b mod p (Power et al. 2022), split by --train-frac
+        addition  --count distinct pairs of --digits-digit numbers
+        parity    sparse parity: --count strings of --n bits, answer = parity of --k secret bits
+
+    \b
+    Example:
+        rg-tracer data modular --p 7 --op + --train-frac 0.5 --out datasets/mod7_add
+        rg-tracer train --model runs/tiny --dataset datasets/mod7_add/train.jsonl
+    """
+    from rg_tracer.tasks import make_split, write_split
+
+    params = {"modular": {"p": p, "op": op}, "addition": {"digits": digits, "count": count or 2000},
+              "parity": {"n": n, "k": k, "count": count or 1000}}[task]
+    info = write_split(make_split(task, train_frac=train_frac, seed=seed, **params), out_dir)
+    click.echo(f"{task}: {info['train']} train / {info['test']} test items in {out_dir} "
+               "(disjoint by prompt hash, answers verified)")
+
+
 def _register_analysis() -> None:
     try:
         from analysis.commands import analyze, ingest

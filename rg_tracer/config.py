@@ -47,6 +47,9 @@ class TrainConfig:
     max_grad_norm: float = opt(1.0, "Clip the gradient L2 norm to this value (the log records the norm before clipping).")
     max_new_tokens: int = opt(32, "Maximum completion length in tokens.")
     temperature: float = opt(1.0, "Sampling temperature for training rollouts.")
+    grokfast_alpha: float = opt(0.98, "EMA decay of the slow gradient (GrokFast); also used for the slow/fast ratio diagnostic.")
+    grokfast_lambda: float = opt(0.0, "Add lambda x slow gradient to each gradient before clipping (GrokFast; 0: off, paper: 2-5).")
+    diag_every: int = opt(10, "Log grokking diagnostics (weight norms, slow/fast gradient ratio) every N steps (0: off, saves one gradient-sized buffer).")
     eval_every: int = opt(100, "Evaluate on the held-out split every N steps and at the end (0: never).")
     eval_samples: int = opt(64, "Prompts per split and evaluation, greedy decoding (0: all).")
     save_every: int = opt(0, "Write a checkpoint every N steps (0: only at the end).")
@@ -80,6 +83,9 @@ class TrainConfig:
             (self.max_grad_norm > 0, f"--max-grad-norm {self.max_grad_norm} must be > 0"),
             (self.max_new_tokens >= 1, f"--max-new-tokens {self.max_new_tokens} must be >= 1"),
             (self.temperature > 0, f"--temperature {self.temperature} must be > 0 (greedy decoding is used for evaluation)"),
+            (0 < self.grokfast_alpha < 1, f"--grokfast-alpha {self.grokfast_alpha} must be in (0, 1), e.g. 0.98"),
+            (self.grokfast_lambda >= 0, f"--grokfast-lambda {self.grokfast_lambda} must be >= 0"),
+            (self.diag_every >= 0, f"--diag-every {self.diag_every} must be >= 0"),
             (self.eval_every >= 0, f"--eval-every {self.eval_every} must be >= 0"),
             (self.eval_samples >= 0, f"--eval-samples {self.eval_samples} must be >= 0"),
             (self.save_every >= 0, f"--save-every {self.save_every} must be >= 0"),

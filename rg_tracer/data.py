@@ -52,7 +52,10 @@ def load_dataset(path: str | Path) -> Dataset:
     """Load and check every row; the first bad row raises :class:`UserError`."""
     path = Path(path)
     if path.is_dir():
-        raise UserError(f"{path} is a directory; pass its JSONL file (e.g. {path}/train.jsonl)")
+        if (path / "train.jsonl").is_file():
+            path = path / "train.jsonl"
+        else:
+            raise UserError(f"{path} is a directory without train.jsonl; pass a JSONL file")
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -84,6 +87,8 @@ def resolve_eval_path(train_path: str | Path, eval_path: str | Path | None) -> P
     if eval_path:
         return Path(eval_path)
     train_path = Path(train_path)
+    if train_path.is_dir():
+        train_path = train_path / "train.jsonl"
     for candidate in (
         train_path.with_name(f"{train_path.stem}_test.jsonl"),
         train_path.with_name("test.jsonl") if train_path.name == "train.jsonl" else None,

@@ -2,7 +2,8 @@
 
 Layout: ``<run>/checkpoints/step-000010/`` holding the model and tokenizer
 (``save_pretrained``, safetensors), ``optimizer.safetensors`` (tensor state),
-``optimizer.json`` (hyper-parameters and scalars) and ``trainer_state.json``.
+``optimizer.json`` (hyper-parameters and scalars), ``trainer_state.json`` and, when the
+run keeps other tensor state (the slow-gradient EMA), ``extra.safetensors``.
 Each is written into a temporary directory that is renamed into place last, so a
 crash mid-write leaves a ``.tmp-*`` directory that is never loaded.
 """
@@ -17,7 +18,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-__all__ = ["save_checkpoint", "latest_checkpoint", "load_optimizer_state", "read_trainer_state"]
+__all__ = ["save_checkpoint", "latest_checkpoint", "load_optimizer_state", "load_extra_tensors",
+           "read_trainer_state"]
 
 _STATE_FILE = "trainer_state.json"
 
@@ -33,7 +35,8 @@ def _split_optimizer_state(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
-def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, trainer_state: dict) -> Path:
+def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, trainer_state: dict,
+                    extra_tensors: dict[str, torch.Tensor] | None = None) -> Path:
     root = Path(run_dir) / "checkpoints"
     final = root / f"step-{step:06d}"
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
@@ -44,6 +47,8 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, train
     tensors, meta = _split_optimizer_state(optimizer.state_dict())
     save_file(tensors, tmp / "optimizer.safetensors")
     (tmp / "optimizer.json").write_text(json.dumps(meta))
+    if extra_tensors:
+        save_file({k: v.detach().cpu().contiguous() for k, v in extra_tensors.items()}, tmp / "extra.safetensors")
     (tmp / _STATE_FILE).write_text(json.dumps({**trainer_state, "step": step}, indent=1))
     if final.exists():
         shutil.rmtree(final)
@@ -59,6 +64,11 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 def read_trainer_state(checkpoint: Path) -> dict:
     return json.loads((Path(checkpoint) / _STATE_FILE).read_text())
+
+
+def load_extra_tensors(checkpoint: Path, device: torch.device) -> dict[str, torch.Tensor]:
+    path = Path(checkpoint) / "extra.safetensors"
+    return load_file(str(path), device=str(device)) if path.is_file() else {}
 
 
 def load_optimizer_state(checkpoint: Path, device: torch.device) -> dict:

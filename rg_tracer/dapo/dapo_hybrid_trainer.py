@@ -35,9 +35,10 @@ from gepa_dapo_grn.dapo_core import DAPOBatch
 from tqdm import tqdm
 
 from rg_tracer.config import TrainConfig
-from rg_tracer.dapo.checkpoint import load_optimizer_state, save_checkpoint
+from rg_tracer.dapo.checkpoint import load_extra_tensors, load_optimizer_state, save_checkpoint
 from rg_tracer.dapo.feedback_adapter import FeedbackMappingConfig
 from rg_tracer.dapo.hf_policy_adapter import HFPolicyAdapter
+from rg_tracer.dapo.diagnostics import SlowGradient, weight_norms
 from rg_tracer.dapo.logging import JsonlLogger, drop_torn_tail
 from rg_tracer.dapo.objective import (
     clip_fraction, group_advantages, loss_correction, mixed_rewards, zero_variance_groups,
@@ -73,7 +74,9 @@ class DAPOHybridTrainer:
         self.mapping = mapping or getattr(run.scorer, "feedback_mapping", None) or FeedbackMappingConfig()
         self.policy = HFPolicyAdapter(run.model, run.tokenizer)
         adam = torch.optim.AdamW(run.model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-        self.optimizer = ClippingOptimizer(adam, cfg.max_grad_norm)
+        tracks_slow = cfg.grokfast_lambda > 0 or cfg.diag_every > 0
+        self.slow_gradient = SlowGradient(cfg.grokfast_alpha, cfg.grokfast_lambda) if tracks_slow else None
+        self.optimizer = ClippingOptimizer(adam, cfg.max_grad_norm, grad_filter=self.slow_gradient)
         dapo_config = DAPOConfig(
             clip_ratio=cfg.clip_ratio, clip_advantage=cfg.clip_advantage, kl_coeff=cfg.kl_coef,
             target_kl=cfg.kl_target or 0.0, kl_horizon=cfg.kl_horizon,
@@ -102,6 +105,9 @@ class DAPOHybridTrainer:
     def _restore(self, state: dict) -> None:
         self.step = state["step"]
         self.optimizer.load_state_dict(load_optimizer_state(self.run.checkpoint, self.run.device))
+        if self.slow_gradient is not None:
+            extra = load_extra_tensors(self.run.checkpoint, self.run.device)
+            self.slow_gradient.ema = {int(k.split(".")[1]): v for k, v in extra.items() if k.startswith("slow_gradient.")}
         self.dapo.config.kl_coeff = state["kl_coeff"]
         self.dapo.curriculum.tasks = {k: TaskStats(**v) for k, v in state["curriculum"].items()}
         safety = self.dapo.safety_controller.state
@@ -118,8 +124,9 @@ class DAPOHybridTrainer:
         }
 
     def save(self):
+        extra = {f"slow_gradient.{i}": t for i, t in self.slow_gradient.ema.items()} if self.slow_gradient else None
         return save_checkpoint(self.run.run_dir, self.step, self.run.model, self.run.tokenizer,
-                               self.optimizer, self._trainer_state())
+                               self.optimizer, self._trainer_state(), extra)
 
     # -- one step ---------------------------------------------------------------
     def train_step(self, step: int) -> dict:
@@ -131,6 +138,9 @@ class DAPOHybridTrainer:
             self._mixer_checked = True
         t1 = time.perf_counter()
         rl = self._update(batch)
+        if self.config.diag_every and step % self.config.diag_every == 0:
+            rl.update(weight_norms(self.run.model))
+            rl["diag/slow_fast_grad_ratio"] = self.slow_gradient.last_ratio
         t2 = time.perf_counter()
         g = self.config.group_size
         record = self.logger.write(

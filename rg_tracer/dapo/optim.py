@@ -13,9 +13,10 @@ __all__ = ["ClippingOptimizer"]
 
 
 class ClippingOptimizer:
-    def __init__(self, optimizer: torch.optim.Optimizer, max_grad_norm: float) -> None:
+    def __init__(self, optimizer: torch.optim.Optimizer, max_grad_norm: float, grad_filter=None) -> None:
         self.optimizer = optimizer
         self.max_grad_norm = max_grad_norm
+        self.grad_filter = grad_filter  # called on the raw gradients before clipping (GrokFast)
         self.last_grad_norm: float = float("nan")
 
     @property
@@ -27,6 +28,8 @@ class ClippingOptimizer:
 
     def step(self) -> None:
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        if self.grad_filter is not None:
+            self.grad_filter(params)
         norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
         self.last_grad_norm = float(norm)
         self.optimizer.step()
