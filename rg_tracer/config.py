@@ -29,7 +29,9 @@ class TrainConfig:
     reward_mixer: str = opt("configs/reward_mixer.yaml", "YAML/JSON of reward-axis weights used to mix rewards into the training scalar.")
     batch_size: int = opt(4, "Prompts per step; each is sampled --group-size times.")
     group_size: int = opt(2, "Completions per prompt; advantages are z-scored within each group.")
-    max_steps: int = opt(100, "Last optimisation step (counted across --resume).")
+    max_steps: int = opt(100, "Last optimisation step (counted across --resume), supervised warm-up included.")
+    sft_steps: int = opt(0, "Supervised warm-up: steps 1..N train on prompt -> answer+EOS (cross-entropy) before RL starts.")
+    sft_batch_size: int = opt(0, "Examples per supervised step (0: the whole training split, full batch).")
     learning_rate: float = opt(1e-5, "AdamW learning rate.")
     weight_decay: float = opt(0.0, "AdamW weight decay.")
     clip_ratio: float = opt(0.2, "Policy-ratio clip range epsilon.")
@@ -67,6 +69,7 @@ class TrainConfig:
             (bool(self.dataset), "--dataset is required: a JSONL file with 'prompt' and 'answer' per line"),
             (self.batch_size >= 1, f"--batch-size {self.batch_size} must be >= 1"),
             (self.group_size >= 2, f"--group-size {self.group_size} must be >= 2: advantages are z-scored within a group, so a group of one always has advantage 0"),
+            (self.sft_steps >= 0 and self.sft_batch_size >= 0, "--sft-steps and --sft-batch-size must be >= 0"),
             (self.max_steps >= 1, f"--max-steps {self.max_steps} must be >= 1"),
             (self.learning_rate > 0, f"--learning-rate {self.learning_rate} must be > 0"),
             (self.weight_decay >= 0, f"--weight-decay {self.weight_decay} must be >= 0"),

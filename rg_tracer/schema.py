@@ -9,7 +9,9 @@ A log is one JSON object per line. Every record carries ``"schema"`` and
 
 ``run``   first line of every (re)started training segment: ``config``,
           ``versions``, ``model``, ``dataset``, ``seed``, ``resumed_from_step``.
-``step``  one optimisation step: ``step``, ``rl`` (always :data:`RL_KEYS`),
+``step``  one optimisation step: ``step``, ``phase`` (``rl``, or ``sft`` for supervised
+          warm-up steps, whose ``gepa``/``generation`` are empty and whose
+          policy_loss/kl/clip_ratio are null), ``rl`` (always :data:`RL_KEYS`),
           ``gepa`` (per sample), ``generation`` (per sample, aligned with
           ``gepa``), ``curriculum``, ``safety``, ``timing``.
 ``eval``  held-out evaluation: ``step``, ``split``, ``n``, ``metrics``.

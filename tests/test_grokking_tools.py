@@ -96,3 +96,14 @@ def test_diagnostics_are_logged_and_grokfast_resumes_exactly(tmp_path, tiny_mode
                            eval_every=0, resume=True))
     for name, tensor in whole.run.model.state_dict().items():
         torch.testing.assert_close(resumed.run.model.state_dict()[name], tensor, rtol=1e-5, atol=1e-6)
+
+
+def test_supervised_warmup_then_rl_in_one_log(tmp_path, tiny_model_dir):
+    trainer = train(config(tmp_path, tiny_model_dir("qwen2"), sft_steps=6, sft_batch_size=8, max_steps=7,
+                           learning_rate=3e-3, eval_every=0))
+    steps = [r for r in read_log(trainer.run.log_path) if r["kind"] == "step"]
+    assert [s["phase"] for s in steps] == ["sft"] * 6 + ["rl"]
+    sft = steps[:6]
+    assert all(s["gepa"] == [] and s["rl"]["policy_loss"] is None and s["rl"]["sft/examples"] == 8 for s in sft)
+    assert sft[-1]["rl"]["loss"] < sft[0]["rl"]["loss"]
+    assert len(steps[6]["gepa"]) == 4

@@ -130,6 +130,8 @@ class DAPOHybridTrainer:
 
     # -- one step ---------------------------------------------------------------
     def train_step(self, step: int) -> dict:
+        if step <= self.config.sft_steps:
+            return self._sft_step(step)
         t0 = time.perf_counter()
         batch = self.sampler.sample(step)
         if not self._mixer_checked:
@@ -137,14 +139,11 @@ class DAPOHybridTrainer:
             check_overlap(self.run.mixer, rewards, f"--reward-mixer {self.config.reward_mixer}")
             self._mixer_checked = True
         t1 = time.perf_counter()
-        rl = self._update(batch)
-        if self.config.diag_every and step % self.config.diag_every == 0:
-            rl.update(weight_norms(self.run.model))
-            rl["diag/slow_fast_grad_ratio"] = self.slow_gradient.last_ratio
+        rl = {**self._update(batch), **self._diagnostics(step)}
         t2 = time.perf_counter()
         g = self.config.group_size
         record = self.logger.write(
-            "step", step=step, rl=rl,
+            "step", step=step, phase="rl", rl=rl,
             gepa=[fb.to_dict() for fb in batch.feedbacks],
             generation=[
                 {"prompt_id": e.id, "completion_id": f"{e.id}#{i % g}", "prompt_tokens": pt,
@@ -157,6 +156,32 @@ class DAPOHybridTrainer:
             safety=dataclasses.asdict(self.dapo.safety_controller.state),
             timing={"sample_and_score": t1 - t0, "train": t2 - t1},
         )
+        self.step = step
+        return record
+
+    def _diagnostics(self, step: int) -> dict:
+        if not self.config.diag_every or step % self.config.diag_every:
+            return {}
+        return {**weight_norms(self.run.model), "diag/slow_fast_grad_ratio": self.slow_gradient.last_ratio}
+
+    def _sft_step(self, step: int) -> dict:
+        """One supervised step: mean token cross-entropy of answer+EOS given the prompt."""
+        t0 = time.perf_counter()
+        examples = list(self.run.train.examples)
+        if self.config.sft_batch_size:
+            rng = random.Random(seed_for(self.config.seed, step, salt=3))
+            examples = [examples[rng.randrange(len(examples))] for _ in range(self.config.sft_batch_size)]
+        rollout = self.policy.teacher_forced([e.prompt for e in examples], [e.answer for e in examples])
+        logp, _ = self.policy.logprobs_with_entropy(rollout.actions, **rollout.inputs)
+        loss = -logp.mean()
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        rl = {"loss": loss.item(), "policy_loss": None, "kl": None, "clip_ratio": None,
+              "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": self.optimizer.last_grad_norm,
+              "entropy": self.policy.last_entropy, "sft/examples": len(examples), **self._diagnostics(step)}
+        record = self.logger.write("step", step=step, phase="sft", rl=rl, gepa=[], generation=[],
+                                   curriculum={}, safety={}, timing={"train": time.perf_counter() - t0})
         self.step = step
         return record
 
@@ -279,6 +304,8 @@ class DAPOHybridTrainer:
 
 
 def _postfix(record: dict) -> str:
+    if record["phase"] == "sft":
+        return f"sft loss={record['rl']['loss']:.4f}"
     means: dict[str, list[float]] = {}
     for sample in record["gepa"]:
         for key, value in sample["rewards"].items():

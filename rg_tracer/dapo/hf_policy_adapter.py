@@ -112,8 +112,13 @@ class HFPolicyAdapter(Policy):
         ``DAPOTrainer.train_step`` adds no forward pass, the old log-probs of a fresh
         batch are ``logp.detach()``, and an entropy bonus can ride in ``extra_loss``.
         """
-        logp, entropy = self._logprobs_and_entropy(actions, inputs)
+        logp, entropy = self.logprobs_with_entropy(actions, **inputs)
         self._primed = (actions, logp)
+        return logp, entropy
+
+    def logprobs_with_entropy(self, actions: torch.Tensor, **inputs: torch.Tensor):
+        """``(logp, entropy)`` with gradients; records them as ``last_logprobs``/``last_entropy``."""
+        logp, entropy = self._logprobs_and_entropy(actions, inputs)
         self.last_entropy = float(entropy.detach())
         self.last_logprobs = logp.detach()
         return logp, entropy
@@ -152,22 +157,34 @@ class HFPolicyAdapter(Policy):
             input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=max_new_tokens,
             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **sampling,
         )
-        actions = sequences[:, prompt_ids.shape[1]:]  # (N, C)
-        is_eos = actions == tok.eos_token_id
+        return self._rollout(prompt_ids, prompt_mask, sequences[:, prompt_ids.shape[1]:])
+
+    @torch.no_grad()
+    def teacher_forced(self, prompts: list[str], targets: list[str]) -> Rollout:
+        """A rollout whose completions are ``targets`` followed by EOS (supervised warm-up)."""
+        tok = self.tokenizer
+        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        ids = [tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in targets]
+        width = max(len(i) for i in ids)
+        actions = torch.tensor([i + [tok.pad_token_id] * (width - len(i)) for i in ids])
+        return self._rollout(enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device),
+                             actions.to(self.device))
+
+    def _rollout(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, actions: torch.Tensor) -> Rollout:
+        """Mask everything after each row's first EOS and pack the tensors the trainer needs."""
+        tok = self.tokenizer
+        is_eos = actions == tok.eos_token_id  # (N, C)
         after_eos = (is_eos.cumsum(-1) - is_eos.long()) > 0
         completion_mask = (~after_eos).long()
         actions = actions.masked_fill(after_eos, tok.pad_token_id)
-        lengths = completion_mask.sum(-1)
-        truncated = ~is_eos.any(-1)
         text_ids = actions.masked_fill(is_eos, tok.pad_token_id)
-        completions = tok.batch_decode(text_ids, skip_special_tokens=True)
         inputs = {
             "input_ids": torch.cat([prompt_ids, actions], dim=1),
             "attention_mask": torch.cat([prompt_mask, completion_mask], dim=1),
             "completion_mask": completion_mask,
         }
         return Rollout(
-            inputs=inputs, actions=actions, completions=completions,
-            prompt_tokens=prompt_mask.sum(-1).tolist(), completion_tokens=lengths.tolist(),
-            truncated=truncated.tolist(),
+            inputs=inputs, actions=actions, completions=tok.batch_decode(text_ids, skip_special_tokens=True),
+            prompt_tokens=prompt_mask.sum(-1).tolist(), completion_tokens=completion_mask.sum(-1).tolist(),
+            truncated=(~is_eos.any(-1)).tolist(),
         )
