@@ -18,12 +18,19 @@ SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
 DEFAULT_ALPHABET = "0123456789+-*/%=()<>.,:;?!'\" \nabcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
-def build_char_tokenizer(alphabet: str = DEFAULT_ALPHABET) -> PreTrainedTokenizerFast:
-    """Return a left-padding tokenizer with one token per character of ``alphabet``."""
+def build_char_tokenizer(alphabet: str = DEFAULT_ALPHABET, number_tokens: int = 0) -> PreTrainedTokenizerFast:
+    """Return a left-padding tokenizer with one token per character of ``alphabet``.
+
+    With ``number_tokens = n`` every integer ``0 .. n-1`` is one token and digit runs are
+    not split (larger numbers become ``<unk>``): the tokenisation of the grokking
+    literature, where ``a + b mod p`` is four tokens and the answer one.
+    """
     chars = sorted(set(alphabet))
-    vocab = {token: i for i, token in enumerate([*SPECIAL_TOKENS, *chars])}
+    numbers = [str(i) for i in range(number_tokens) if str(i) not in chars]
+    vocab = {token: i for i, token in enumerate([*SPECIAL_TOKENS, *chars, *numbers])}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    pattern = r"\d+|[\s\S]" if number_tokens else r"[\s\S]"
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
     backend.decoder = decoders.Fuse()
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,

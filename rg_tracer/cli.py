@@ -77,9 +77,11 @@ def train_command(ctx: click.Context, config_file: str | None, **options) -> Non
 @click.option("--heads", type=int, default=4, show_default=True, help="Attention heads (must divide --hidden).")
 @click.option("--max-positions", type=int, default=256, show_default=True, help="Longest prompt + completion.")
 @click.option("--alphabet", type=str, default=None, help="Characters the tokenizer covers (default: digits, operators, letters, punctuation).")
+@click.option("--number-tokens", type=int, default=0, show_default=True,
+              help="Make each integer below N one token (for modular-arithmetic grokking); 0: digits only.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Initialisation seed.")
 @user_errors
-def init_model_command(out_dir: Path, arch, layers, hidden, heads, max_positions, alphabet, seed) -> None:
+def init_model_command(out_dir: Path, arch, layers, hidden, heads, max_positions, alphabet, number_tokens, seed) -> None:
     """Build a randomly initialised model and character tokenizer in OUT_DIR (no hub needed).
 
     \b
@@ -90,7 +92,9 @@ def init_model_command(out_dir: Path, arch, layers, hidden, heads, max_positions
 
     quiet_transformers()
     spec = TinyModelSpec(arch=arch, layers=layers, hidden=hidden, heads=heads, max_positions=max_positions, seed=seed)
-    n = init_model(out_dir, spec, alphabet)
+    if number_tokens < 0:
+        raise UserError(f"--number-tokens {number_tokens} must be >= 0")
+    n = init_model(out_dir, spec, alphabet, number_tokens)
     click.echo(f"{arch} model with {n:,} parameters written to {out_dir}; train it with --model {out_dir}")
 
 

@@ -8,6 +8,7 @@ name with no network fails in seconds (transformers itself retries for ~50 s).
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from dataclasses import dataclass
@@ -70,7 +71,7 @@ def _config(spec: TinyModelSpec, tokenizer):
     )
 
 
-def init_model(out_dir: str | Path, spec: TinyModelSpec, alphabet: str | None = None) -> int:
+def init_model(out_dir: str | Path, spec: TinyModelSpec, alphabet: str | None = None, number_tokens: int = 0) -> int:
     """Save a randomly initialised model and char tokenizer to ``out_dir``; return #params."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -80,7 +81,7 @@ def init_model(out_dir: str | Path, spec: TinyModelSpec, alphabet: str | None = 
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise UserError(f"{out_dir} is not empty; choose a new directory or remove it first")
-    tokenizer = build_char_tokenizer(alphabet or DEFAULT_ALPHABET)
+    tokenizer = build_char_tokenizer(alphabet or DEFAULT_ALPHABET, number_tokens)
     torch.manual_seed(spec.seed)
     model = AutoModelForCausalLM.from_config(_config(spec, tokenizer))
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -114,15 +115,34 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
     return True
 
 
+def _local_tokenizer(directory: str, kwargs: dict):
+    """AutoTokenizer, except for a generic ``tokenizer.json`` (ours from ``init_model``).
+
+    transformers 5 maps ``model_type`` to a model-specific tokenizer class that rebuilds its
+    own pre-tokenizer (Qwen2's drops spaces and splits numbers), ignoring the saved one; a
+    tokenizer saved as the generic class is loaded as exactly what ``tokenizer.json`` says.
+    """
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    config = Path(directory) / "tokenizer_config.json"
+    declared = json.loads(config.read_text()).get("tokenizer_class") if config.is_file() else None
+    if declared in _GENERIC_TOKENIZERS and (Path(directory) / "tokenizer.json").is_file():
+        return PreTrainedTokenizerFast.from_pretrained(directory)
+    return AutoTokenizer.from_pretrained(directory, **kwargs)
+
+
+_GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
 def load_model(name_or_path: str, *, trust_remote_code: bool = False):
     """Return ``(model, tokenizer)`` from a directory or hub name, tokenizer left-padding."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     local = Path(name_or_path).is_dir()
     kwargs = dict(trust_remote_code=trust_remote_code)
     try:
         if local:
-            tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+            tokenizer = _local_tokenizer(name_or_path, kwargs)
             model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
         else:
             tokenizer, model = _load_from_hub(name_or_path, kwargs)

@@ -91,3 +91,15 @@ def test_forward_has_no_value_head_and_train_keeps_eval(policy):
     assert policy(input_ids=torch.zeros(1, 2, dtype=torch.long)).values is None
     policy.train()
     assert policy.training and not policy.model.training
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2"])
+def test_char_tokenizer_round_trips_after_loading(tmp_path, arch):
+    from rg_tracer.models import TinyModelSpec, init_model
+
+    init_model(tmp_path / "m", TinyModelSpec(arch=arch, layers=1, hidden=16, heads=2), number_tokens=23)
+    _, tokenizer = load_model(str(tmp_path / "m"))
+    text = "12+5 = 17, x\nQ?"
+    assert tokenizer.tokenize("12+5 =") == ["12", "+", "5", " ", "="]
+    assert tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"]) == text
+    assert tokenizer.padding_side == "left" and tokenizer.pad_token_id != tokenizer.eos_token_id

@@ -30,7 +30,7 @@ class EggrollConfig:
     population: int = opt(32, "Members per generation (N); even with antithetic sampling.")
     rank: int = opt(1, "Rank r of each member's perturbation A Bᵀ (at most min(m, n) of every weight).")
     sigma: float = opt(0.05, "Perturbation scale σ: a member sees W + σ/√r · A Bᵀ.")
-    lr: float = opt(2.0, "Step size: W += lr · mean_i(f_i · σ/√r · A_i B_iᵀ) with shaped fitness f_i (docs/eggroll.md).")
+    lr: float = opt(10.0, "Step size: W += lr · mean_i(f_i · σ/√r · A_i B_iᵀ) with shaped fitness f_i (docs/eggroll.md).")
     generations: int = opt(100, "Number of generations (ES updates).")
     prompts: int = opt(8, "Prompts per generation; every member answers the same prompts.")
     member_batch: int = opt(0, "Members per forward pass (0: the whole population in one forward); lower it to save memory.")

@@ -191,7 +191,7 @@ class EggrollSearch:
             for i in order
         ]
         return self.logger.write(
-            "step", step=generation, rl=rl, gepa=[ev.feedbacks[i].to_dict() for i in order],
+            "step", step=generation, phase="es", rl=rl, gepa=[ev.feedbacks[i].to_dict() for i in order],
             generation=generation_rows, curriculum={}, safety={},
             es={"shaping": cfg.shaping, "member_fitness": raw.tolist(), "member_shaped": shaped.tolist()},
             timing=timing,
