@@ -137,16 +137,15 @@ def data_command(task, out_dir, seed, train_frac, p, op, digits, count, n, k) ->
                "(disjoint by prompt hash, answers verified)")
 
 
-def _register_analysis() -> None:
-    try:
-        from analysis.commands import analyze, ingest
-    except ImportError:  # analysis half not installed
-        return
-    cli.add_command(ingest)
-    cli.add_command(analyze)
+def _register_commands() -> None:
+    from analysis.commands import analyze, ingest
+    from rg_tracer.eggroll.commands import eggroll_command, fitness
+
+    for command in (ingest, analyze, eggroll_command, fitness):
+        cli.add_command(command)
 
 
-_register_analysis()
+_register_commands()
 
 
 def main() -> None:

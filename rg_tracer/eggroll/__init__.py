@@ -6,32 +6,35 @@
 * :mod:`.search`   — the loop behind ``rg-tracer eggroll``.
 * :mod:`.export`   — ``rg-tracer fitness export``.
 
-``docs/eggroll.md`` is the user guide.
+``docs/eggroll.md`` is the user guide. Names are imported on first use, so that
+``rg_tracer.eggroll.commands`` (and ``rg-tracer --help``) does not load torch.
 """
 
-from rg_tracer.eggroll.config import EggrollConfig
-from rg_tracer.eggroll.lowrank import (
-    Layer,
-    Population,
-    dense_delta,
-    es_update,
-    find_layers,
-    perturbed,
-    tile_members,
-)
-from rg_tracer.eggroll.shaping import SHAPINGS, centered_rank, shape_fitness, zscore
+from __future__ import annotations
 
-__all__ = [
-    "EggrollConfig",
-    "Layer",
-    "Population",
-    "SHAPINGS",
-    "centered_rank",
-    "dense_delta",
-    "es_update",
-    "find_layers",
-    "perturbed",
-    "shape_fitness",
-    "tile_members",
-    "zscore",
-]
+import importlib
+
+_EXPORTS = {
+    "EggrollConfig": "config",
+    "Layer": "lowrank",
+    "Population": "lowrank",
+    "dense_delta": "lowrank",
+    "es_update": "lowrank",
+    "find_layers": "lowrank",
+    "perturbed": "lowrank",
+    "tile_members": "lowrank",
+    "SHAPINGS": "shaping",
+    "centered_rank": "shaping",
+    "shape_fitness": "shaping",
+    "zscore": "shaping",
+    "es_step": "search",
+    "export_fitness": "export",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

@@ -7,16 +7,36 @@ Options map onto :class:`~rg_tracer.eggroll.config.EggrollConfig` fields and
 
 from __future__ import annotations
 
+import functools
+
 import click
 
-from rg_tracer.cli import user_errors
 from rg_tracer.cli_options import options_from
 from rg_tracer.eggroll.config import EggrollConfig
-from rg_tracer.eggroll.export import BY
 from rg_tracer.eggroll.shaping import SHAPINGS
 from rg_tracer.models import quiet_transformers
 
 __all__ = ["eggroll_command", "fitness", "export_command"]
+
+
+def user_errors(func):
+    """:func:`rg_tracer.cli.user_errors`, looked up when the command runs.
+
+    ``rg_tracer.cli`` imports this module to register its commands; importing it back at
+    module level would make ``import rg_tracer.eggroll.commands`` circular.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        from rg_tracer.cli import user_errors as one_line_errors
+
+        return one_line_errors(func)(*args, **kwargs)
+
+    return wrapper
+
+
+#: Units of ``fitness export --by`` (``rg_tracer.eggroll.export.BY``; here so the CLI starts without polars).
+UNITS = ("step", "task", "prompt")
 
 
 @click.command("eggroll")
@@ -75,7 +95,7 @@ def fitness() -> None:
               help="Reward-mixer YAML/JSON used for every run (default: each run's logged reward_weights).")
 @click.option("--shaping", type=click.Choice(list(SHAPINGS)), default="none", show_default=True,
               help="Shaping of the scalar fitness, within each step's units (column 'fitness'; 'fitness_raw' is unshaped).")
-@click.option("--by", "by", type=click.Choice(list(BY)), default="step", show_default=True,
+@click.option("--by", "by", type=click.Choice(UNITS), default="step", show_default=True,
               help="Unit of a row: run × step (× ES member), plus task or prompt.")
 @user_errors
 def export_command(runs_dir: str, out: str, weights: str | None, shaping: str, by: str) -> None:

@@ -12,11 +12,25 @@ import math
 from dataclasses import asdict, dataclass, fields
 
 from rg_tracer.config import opt
-from rg_tracer.eggroll.lowrank import check_population
 from rg_tracer.eggroll.shaping import SHAPINGS
 from rg_tracer.errors import UserError
 
-__all__ = ["EggrollConfig"]
+__all__ = ["EggrollConfig", "check_population"]
+
+
+def check_population(size: int, rank: int, sigma: float, antithetic: bool) -> None:
+    """The rules every population obeys; raises :class:`UserError` naming the fix."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 2:
+        raise UserError(f"--population {size!r} must be an integer >= 2 (an update compares members)")
+    if antithetic and size % 2:
+        raise UserError(
+            f"--population {size} is odd, but antithetic sampling pairs each member (+σ) with its "
+            f"mirror (-σ); use an even number such as {size + 1}, or pass --no-antithetic"
+        )
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise UserError(f"--rank {rank!r} must be an integer >= 1, e.g. 1")
+    if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
+        raise UserError(f"--sigma {sigma!r} must be a finite number > 0 (the perturbation scale, e.g. 0.05)")
 
 
 @dataclass(frozen=True)
@@ -30,7 +44,7 @@ class EggrollConfig:
     population: int = opt(32, "Members per generation (N); even with antithetic sampling.")
     rank: int = opt(1, "Rank r of each member's perturbation A Bᵀ (at most min(m, n) of every weight).")
     sigma: float = opt(0.05, "Perturbation scale σ: a member sees W + σ/√r · A Bᵀ.")
-    lr: float = opt(10.0, "Step size: W += lr · mean_i(f_i · σ/√r · A_i B_iᵀ) with shaped fitness f_i (docs/eggroll.md).")
+    lr: float = opt(10.0, "Step size: W += lr · mean_i(f_i · σ/√r · A_i B_iᵀ) with shaped fitness f_i; a weight moves about lr·σ·std(f)/√N per generation (docs/eggroll.md).")
     generations: int = opt(100, "Number of generations (ES updates).")
     prompts: int = opt(8, "Prompts per generation; every member answers the same prompts.")
     member_batch: int = opt(0, "Members per forward pass (0: the whole population in one forward); lower it to save memory.")

@@ -90,18 +90,21 @@ def load_runs(runs_dir: str | Path, mixer_path: str | None = None) -> tuple[pl.D
 
 
 def _mixed(frame: pl.DataFrame, axis_names: list[str], info: RunInfo) -> np.ndarray:
-    """Per-sample mixed scalar (rows of ``frame`` are samples), batch-normalised per step."""
+    """Per-sample mixed scalar (rows of ``frame`` are samples), batch-normalised per step.
+
+    Only a normalising mixer depends on the batch, so other runs are mixed in one call.
+    """
     from gepa_dapo_grn.reward_mixers import mix_reward_vectors
 
     out = np.empty(frame.height)
-    keys = ["run_id", "step"]
     indexed = frame.with_row_index("_row")
-    for (run_id, _step), part in indexed.group_by(keys, maintain_order=True):
+    for (run_id,), run in indexed.group_by(["run_id"], maintain_order=True):
         mixer = info[run_id]["mixer"]
-        vectors = [{a: v for a, v in zip(axis_names, values) if v is not None}
-                   for values in part.select(axis_names).iter_rows()]
-        scalar, _ = mix_reward_vectors(vectors, mixer)
-        out[part["_row"].to_numpy()] = scalar.double().numpy()
+        for _, part in (run.group_by(["step"], maintain_order=True) if mixer.normalize else [(None, run)]):
+            vectors = [{a: v for a, v in zip(axis_names, values) if v is not None}
+                       for values in part.select(axis_names).iter_rows()]
+            scalar, _ = mix_reward_vectors(vectors, mixer)
+            out[part["_row"].to_numpy()] = scalar.double().numpy()
     return out
 
 

@@ -7,9 +7,9 @@ weight ``W`` of shape (m, n) (``y = x Wᵀ``), population member ``i`` sees
 
 where ``k`` is the member's noise draw and ``s_i = ±1``. With antithetic sampling
 members ``2k`` and ``2k+1`` share draw ``k`` with signs ``+1, -1``. The forward never
-forms ``A Bᵀ``: a hook adds ``s_i (σ/√r) (x B_k) A_kᵀ`` to the layer's output, one
-``torch.bmm`` per layer for the whole population, so the extra memory per member is
-O(r(m+n)) instead of the O(mn) of a perturbed copy.
+forms ``A Bᵀ``: a hook adds ``s_i (σ/√r) (x B_k) A_kᵀ`` to the layer's output in place,
+one ``bmm`` and one ``baddbmm_`` per layer for the whole population, so the extra memory
+per member is O(r(m+n)) instead of the O(mn) of a perturbed copy.
 
 How this departs from the paper (and why):
 
@@ -27,7 +27,7 @@ How this departs from the paper (and why):
    ``f_i``: lr times the fitness-weighted mean of the perturbations the members saw.
    It equals ``lr·σ²·ĝ`` for the Gaussian-smoothing gradient estimate
    ``ĝ = 1/(Nσ) Σ f_i ε_i`` (``ε_i = s_i A_k B_kᵀ/√r``), so lr is dimensionless and the
-   step is measured in units of σ: halving σ at fixed lr quarters the step.
+   step is measured in units of σ (about ``lr·σ·std(f)/√N`` per weight).
 
 Batch layout: a forward over the population stacks inputs member-major along the first
 dimension (rows ``i·R .. (i+1)·R - 1`` belong to member ``i``; :func:`tile_members`).
@@ -43,13 +43,13 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from rg_tracer.eggroll.config import check_population
 from rg_tracer.errors import UserError
 
 __all__ = [
     "Layer",
     "mix_seed",
     "Population",
-    "check_population",
     "check_rank",
     "find_layers",
     "perturbed",
@@ -110,21 +110,6 @@ def find_layers(model: nn.Module) -> list[Layer]:
         elif conv1d and isinstance(module, conv1d):
             layers.append(Layer(name, module, weight.shape[1], weight.shape[0], True))
     return layers
-
-
-def check_population(size: int, rank: int, sigma: float, antithetic: bool) -> None:
-    """The rules every population obeys; raises :class:`UserError` naming the fix."""
-    if isinstance(size, bool) or not isinstance(size, int) or size < 2:
-        raise UserError(f"--population {size!r} must be an integer >= 2 (an update compares members)")
-    if antithetic and size % 2:
-        raise UserError(
-            f"--population {size} is odd, but antithetic sampling pairs each member (+σ) with its "
-            f"mirror (-σ); use an even number such as {size + 1}, or pass --no-antithetic"
-        )
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-        raise UserError(f"--rank {rank!r} must be an integer >= 1 (the paper uses 1 to 4)")
-    if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
-        raise UserError(f"--sigma {sigma!r} must be a finite number > 0 (the perturbation scale, e.g. 0.05)")
 
 
 def check_rank(layers: list[Layer], rank: int) -> None:
@@ -223,7 +208,8 @@ def perturbed(layers: list[Layer], population: Population, members: range | None
     """Within the block, a forward over ``members`` (default all) sees each member's weights.
 
     ``members`` must start and stop on a draw boundary (even numbers when antithetic), so
-    a population too large for one forward is evaluated in several member batches.
+    a population too large for one forward is evaluated in several member batches (each
+    regenerates the layer's draws and keeps its slice).
     """
     members = range(population.size) if members is None else members
     g = population.group

@@ -143,23 +143,16 @@ class EggrollSearch:
         cfg, run = self.config, self.run
         population = Population(cfg.population, cfg.rank, cfg.sigma, cfg.seed, generation, cfg.antithetic)
         t0 = time.perf_counter()
-        result: dict[str, MemberEval] = {}
-
-        def evaluate(pop: Population) -> torch.Tensor:
-            result["eval"] = evaluate_members(
-                self.policy, run.layers, pop, self._prompts(generation), scorer=run.scorer, mapping=run.mapping,
-                mixer=run.mixer, member_batch=cfg.member_batch, max_new_tokens=cfg.max_new_tokens,
-                temperature=cfg.temperature)
-            if not self._mixer_checked:  # the trainer's refusal, before the first line is written
-                check_overlap(run.mixer, set(result["eval"].feedbacks[0].rewards), f"--reward-mixer {cfg.reward_mixer}")
-                self._mixer_checked = True
-            result["t"] = time.perf_counter()
-            return result["eval"].fitness
-
-        raw, shaped, norm = es_step(run.layers, population, evaluate, lr=cfg.lr, shaping=cfg.shaping)
+        ev = evaluate_members(self.policy, run.layers, population, self._prompts(generation), scorer=run.scorer,
+                              mapping=run.mapping, mixer=run.mixer, member_batch=cfg.member_batch,
+                              max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
+        if not self._mixer_checked:  # the trainer's refusal, before the first line is written
+            check_overlap(run.mixer, set(ev.feedbacks[0].rewards), f"--reward-mixer {cfg.reward_mixer}")
+            self._mixer_checked = True
+        t1 = time.perf_counter()
+        raw, shaped, norm = es_step(run.layers, population, lambda _: ev.fitness, lr=cfg.lr, shaping=cfg.shaping)
         t2 = time.perf_counter()
-        record = self._log(generation, result["eval"], raw, shaped, norm,
-                           {"generate": result["t"] - t0, "train": t2 - result["t"]})
+        record = self._log(generation, ev, raw, shaped, norm, {"generate": t1 - t0, "train": t2 - t1})
         self.generation = generation
         return record
 

@@ -1,0 +1,111 @@
+"""``analyze_runs``: ingest → compute → render, the whole report in one call.
+
+    rg-tracer analyze runs/ --out reports/      # the CLI wraps this
+    analysis.analyze_runs("runs/", "reports/")  # returns reports/index.html
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+
+from analysis.correlations import DEFAULT_MAX_LAG, correlate
+from analysis.db import IngestResult, ingest
+from analysis.db.store import Runs
+from analysis.report import RunReport, write_index, write_run_page
+from analysis.transitions import transitions_table
+
+__all__ = ["analyze_runs", "DRILLDOWN_TRANSITIONS", "DRILLDOWN_STEPS", "DRILLDOWN_SAMPLES"]
+
+DRILLDOWN_TRANSITIONS = 8  # largest |delta| first
+#: A run's page is rewritten only when its log, the options or this version changed.
+REPORT_VERSION = 1
+STAMP = ".report-stamp"
+DRILLDOWN_STEPS = 3  # steps looked at either side
+DRILLDOWN_SAMPLES = 3  # completions shown either side: the extremes in the direction of the change
+
+
+def _split(frame: pl.DataFrame) -> dict[str, pl.DataFrame]:
+    return {key[0]: part for key, part in frame.partition_by(["run_id"], as_dict=True).items()}
+
+
+def _drilldown(runs: Runs, run_id: str, transitions: pl.DataFrame) -> list[tuple[dict, pl.DataFrame, pl.DataFrame]]:
+    out = []
+    biggest = transitions.sort(pl.col("delta").abs(), descending=True).head(DRILLDOWN_TRANSITIONS)
+    for t in biggest.sort(["kind", "axis", "onset_step"]).iter_rows(named=True):
+        before = range(t["onset_step"] - DRILLDOWN_STEPS, t["onset_step"])
+        after = range(t["end_step"], t["end_step"] + DRILLDOWN_STEPS)
+        found = runs.completions_at(run_id, t["kind"], t["axis"], [*before, *after])
+        rising = t["delta"] > 0  # show the old behaviour at its most typical of "before", and the new of "after"
+        out.append((
+            t,
+            found.filter(pl.col("step") < t["onset_step"]).sort("value", descending=not rising).head(DRILLDOWN_SAMPLES),
+            found.filter(pl.col("step") >= t["end_step"]).sort("value", descending=rising).head(DRILLDOWN_SAMPLES),
+        ))
+    return out
+
+
+def _notes(result: IngestResult, runs: Runs) -> list[str]:
+    """Warnings for the index page: rewritten logs, skipped lines (from the database)."""
+    notes = [f"{f.path}: the log was rewritten, so it was read again from the start"
+             for f in result.files if f.restarted]
+    bad = runs.sql("""SELECT r.log_path, r.lines, r.bad_lines, e.line, e.field, e.message
+                      FROM runs r JOIN (SELECT *, row_number() OVER (PARTITION BY run_id ORDER BY line) AS k
+                                        FROM ingest_errors) e ON e.run_id = r.run_id AND e.k = 1
+                      WHERE r.bad_lines > 0 ORDER BY r.run_id""")
+    for r in bad.iter_rows(named=True):
+        if r["bad_lines"] >= r["lines"]:
+            notes.append(f"{r['log_path']}: not an rg-tracer JSONL log ({r['bad_lines']} unreadable lines); skipped")
+        else:
+            notes.append(f"{r['log_path']}: skipped {r['bad_lines']} bad line(s), first at line {r['line']}: "
+                         f"{r['field']}: {r['message']}")
+    return notes
+
+
+def analyze_runs(
+    runs_dir: str | Path,
+    out_dir: str | Path = "reports",
+    db_path: str | Path | None = None,
+    *,
+    max_lag: int = DEFAULT_MAX_LAG,
+    progress: bool | None = None,
+) -> Path:
+    """Ingest ``runs_dir``, compute every table, write the report; return ``index.html``.
+
+    The computed tables are also stored in the database (``fitness``,
+    ``task_fitness``, ``correlations``, ``lead_lag``, ``transitions``). A run
+    page whose log has not changed since it was written is kept as it is.
+    """
+    result = ingest(runs_dir, db_path, progress=progress)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with Runs(result.db_path, read_only=False) as runs:
+        fitness = runs.fitness()
+        task_fitness = runs.fitness(by_task=True)
+        metrics = runs.metrics()
+        correlations, xcorr = correlate(fitness, metrics, max_lag=max_lag)
+        transitions = transitions_table(fitness)
+        for name, frame in (("fitness", fitness), ("task_fitness", task_fitness), ("correlations", correlations),
+                            ("lead_lag", xcorr), ("transitions", transitions)):
+            runs.write_table(name, frame)
+        tables = {"fitness": fitness, "task_fitness": task_fitness, "metrics": metrics, "evals": runs.evals(),
+                  "correlations": correlations, "xcorr": xcorr, "transitions": transitions}
+        parts = {name: _split(frame) for name, frame in tables.items()}
+        errors = _split(runs.sql("SELECT run_id, line, field, message FROM ingest_errors ORDER BY run_id, line"))
+        reports = []
+        for run in runs.runs().iter_rows(named=True):
+            run_id = run["run_id"]
+            frames = {name: parts[name].get(run_id, frame.clear()) for name, frame in tables.items()}
+            rr = RunReport(run_id=run_id, run=run, **frames,
+                           errors=errors.get(run_id, pl.DataFrame()).head(20).to_dicts())
+            reports.append(rr)
+            stamp = out / run_id / STAMP
+            key = json.dumps([REPORT_VERSION, max_lag, run["lines"], run["bad_lines"], str(run["ingested_at"])])
+            if stamp.is_file() and stamp.read_text() == key and (out / run_id / "index.html").is_file():
+                continue  # nothing new in this run since its page was written
+            rr.drilldown = _drilldown(runs, run_id, rr.transitions)
+            write_run_page(out, rr)
+            stamp.write_text(key)
+        return write_index(out, reports, fitness, _notes(result, runs))

@@ -1,0 +1,102 @@
+"""``rg-tracer ingest`` and ``rg-tracer analyze``: a thin click layer over the library.
+
+``rg_tracer/cli.py`` registers both with ``cli.add_command``. User mistakes
+(no logs, a database in use) become one-line ``ClickException`` messages
+(exit 1); skipped log lines are reported but do not fail the command.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+__all__ = ["ingest_command", "analyze_command", "ingest", "analyze", "COMMANDS"]
+
+# The library is imported inside the commands: registering them must not slow
+# down every other rg-tracer command. Equal to correlations.DEFAULT_MAX_LAG (tested).
+DEFAULT_MAX_LAG = 10
+
+_RUNS_DIR = click.Path(exists=True, file_okay=False, dir_okay=True, path_type=Path)
+_DB = click.Path(dir_okay=False, path_type=Path)
+_SHOWN_ERRORS = 10
+
+
+def _echo_result(result) -> None:
+    for f in result.files:
+        if f.new_lines or f.n_errors or f.restarted:
+            note = " (log was rewritten: read again from the start)" if f.restarted else ""
+            click.echo(f"{f.run_id}: {f.new_lines} new line(s), {f.records} record(s), "
+                       f"{f.n_errors} skipped{note}", err=True)
+        if f.n_errors and f.records == 0 and f.new_lines:
+            click.echo(f"  {f.path}: not an rg-tracer JSONL log; first problem at line "
+                       f"{f.errors[0].line}: {f.errors[0].field}: {f.errors[0].message}", err=True)
+            continue
+        for bad in f.errors[:_SHOWN_ERRORS]:
+            click.echo(f"  {f.path}:{bad.line}: {bad.field}: {bad.message}", err=True)
+        if f.n_errors > _SHOWN_ERRORS:
+            click.echo(f"  ... and {f.n_errors - _SHOWN_ERRORS} more (SELECT * FROM ingest_errors)", err=True)
+
+
+@click.command("ingest")
+@click.argument("runs_dir", type=_RUNS_DIR)
+@click.option("--db", "db_path", type=_DB, default=None,
+              help="DuckDB file to write [default: RUNS_DIR/rg_tracer.duckdb].")
+def ingest_command(runs_dir: Path, db_path: Path | None) -> None:
+    """Load every run log under RUNS_DIR into a DuckDB file.
+
+    Finds every *.jsonl below RUNS_DIR (a run's id is its directory relative to
+    RUNS_DIR) and loads only the lines appended since the last call. Unreadable
+    lines are skipped and listed as FILE:LINE: FIELD: PROBLEM.
+
+    \b
+    Example:
+        rg-tracer ingest runs/
+        duckdb runs/rg_tracer.duckdb "SELECT run_id, n_steps FROM runs"
+    """
+    from analysis.db import IngestError, ingest
+
+    try:
+        result = ingest(runs_dir, db_path)
+    except IngestError as exc:
+        raise click.ClickException(str(exc)) from exc
+    _echo_result(result)
+    click.echo(str(result.db_path))
+
+
+@click.command("analyze")
+@click.argument("runs_dir", type=_RUNS_DIR)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports"),
+              show_default=True, help="Directory to write the HTML report into.")
+@click.option("--db", "db_path", type=_DB, default=None,
+              help="DuckDB file to use [default: RUNS_DIR/rg_tracer.duckdb].")
+@click.option("--max-lag", type=click.IntRange(0, 1000), default=DEFAULT_MAX_LAG, show_default=True,
+              help="Largest lead/lag, in steps, tried between an RL metric and a reward axis.")
+def analyze_command(runs_dir: Path, out_dir: Path, db_path: Path | None, max_lag: int) -> None:
+    """Report how each reward axis of every run evolved, and what moved first.
+
+    Ingests RUNS_DIR (as `rg-tracer ingest` does), then writes OUT/index.html
+    (all runs) and OUT/<run_id>/index.html with per-axis curves and their
+    transitions, RL metrics, correlations, lead/lag, per-task and eval curves,
+    plus OUT/<run_id>/summary.json. Prints the path of OUT/index.html.
+
+    \b
+    Example:
+        rg-tracer analyze runs/ --out reports/
+        xdg-open reports/index.html
+    """
+    from analysis.analyze import analyze_runs
+    from analysis.db import IngestError, ingest
+
+    try:
+        _echo_result(ingest(runs_dir, db_path))
+        index = analyze_runs(runs_dir, out_dir, db_path, max_lag=max_lag)
+    except IngestError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(str(index))
+
+
+COMMANDS = (ingest_command, analyze_command)
+# the names rg_tracer/cli.py imports
+ingest = ingest_command
+analyze = analyze_command

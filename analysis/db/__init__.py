@@ -1,0 +1,162 @@
+"""The DuckDB layer (ingest and store): the only part of ``analysis`` that imports duckdb.
+
+``ingest(runs_dir)`` loads every run log under ``runs_dir`` into a DuckDB file
+(default ``runs_dir/rg_tracer.duckdb``), reading only what was appended since
+the previous call. :class:`~analysis.db.store.Runs` (``open_runs``) reads it
+back as polars DataFrames. Tables are documented in ``docs/analysis.md``.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+from tqdm import tqdm
+
+from analysis.db._load import FileReport, FileState, load_file
+from analysis.db._tables import DDL, DERIVED_TABLES, LAYOUT, VIEWS
+from analysis.logfiles import discover_logs
+
+__all__ = ["DEFAULT_DB", "IngestError", "IngestResult", "FileReport", "ingest", "connect"]
+
+DEFAULT_DB = "rg_tracer.duckdb"
+CHUNK_BYTES = 128 << 20
+
+
+class IngestError(Exception):
+    """A problem the user can fix; the message says how."""
+
+
+@dataclass
+class IngestResult:
+    """Per-log outcome of one :func:`ingest` call."""
+
+    db_path: Path
+    files: list[FileReport] = field(default_factory=list)
+
+    @property
+    def n_errors(self) -> int:
+        return sum(f.n_errors for f in self.files)
+
+
+def connect(db_path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """Open the database, turning DuckDB's errors into :class:`IngestError`."""
+    if read_only and not Path(db_path).exists():
+        raise IngestError(f"{db_path} does not exist; run `rg-tracer ingest RUNS_DIR` first")
+    try:
+        con = duckdb.connect(str(db_path), read_only=read_only)
+    except duckdb.Error as exc:
+        first = str(exc).splitlines()[0]
+        if "lock" in first.lower():
+            raise IngestError(f"{db_path} is open in another process ({first}); close it or pass --db PATH") from exc
+        raise IngestError(f"cannot open {db_path} as a DuckDB database ({first}); pass --db PATH") from exc
+    # Insertion order is meaningless here (every row carries its step); dropping
+    # it lets DuckDB stream. One checkpoint at close instead of one per chunk
+    # commit halves the time to load a large log.
+    con.execute("SET preserve_insertion_order = false")
+    con.execute("SET checkpoint_threshold = '1GB'")
+    return con
+
+
+def _prepare(con, runs_dir: Path, db_path: Path) -> None:
+    """Create tables; rebuild a database of another layout; refuse another runs dir."""
+    con.execute(DDL)
+    meta = dict(con.execute("SELECT key, value FROM _meta").fetchall())
+    root = str(runs_dir.resolve())
+    if meta.get("runs_dir") not in (None, root):
+        raise IngestError(
+            f"{db_path} holds runs from {meta['runs_dir']}, not {root}; pass --db with a new file for this directory"
+        )
+    if meta.get("layout") not in (None, LAYOUT):
+        for kind in ("VIEW", "TABLE"):
+            names = con.execute(
+                f"SELECT {kind.lower()}_name FROM duckdb_{kind.lower()}s() WHERE NOT temporary AND NOT internal"
+            ).fetchall()
+            for (name,) in names:
+                con.execute(f'DROP {kind} IF EXISTS "{name}"')
+        con.execute(DDL)
+    con.execute(VIEWS)
+    con.execute("DELETE FROM _meta")
+    con.execute("INSERT INTO _meta VALUES ('layout', $1), ('runs_dir', $2)", [LAYOUT, root])
+
+
+def _states(con) -> dict[str, FileState]:
+    rows = con.execute(
+        """SELECT rel_path, run_id, path, run_dir, byte_offset, lines, segment, max_step,
+                  head_len, head_hash, bad_lines FROM _files"""
+    ).fetchall()
+    return {r[0]: FileState(*r) for r in rows}
+
+
+def _refresh_run(con, state: FileState) -> None:
+    """Recompute the ``runs`` row of one run from its tables."""
+    con.execute("DELETE FROM runs WHERE run_id = $1", [state.run_id])
+    con.execute(
+        """INSERT INTO runs
+        WITH last AS (SELECT * FROM segments WHERE run_id = $1 ORDER BY segment DESC LIMIT 1)
+        SELECT $1, $2, $3,
+          (SELECT count(*) FROM steps WHERE run_id = $1),
+          (SELECT min(step) FROM steps WHERE run_id = $1),
+          (SELECT max(step) FROM steps WHERE run_id = $1),
+          (SELECT count(*) FROM samples WHERE run_id = $1),
+          (SELECT count(*) FROM (SELECT DISTINCT step, split FROM evals WHERE run_id = $1)),
+          (SELECT count(*) FROM segments WHERE run_id = $1),
+          coalesce((SELECT coalesce(status, 'unfinished') FROM last), 'unknown'),
+          (SELECT min(started_at) FROM segments WHERE run_id = $1),
+          (SELECT model FROM last), (SELECT seed FROM last), (SELECT config FROM last),
+          $4, $5, now()""",
+        [state.run_id, state.run_dir, state.path, state.lines, state.bad_lines],
+    )
+
+
+def ingest(
+    runs_dir: str | Path,
+    db_path: str | Path | None = None,
+    *,
+    progress: bool | None = None,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> IngestResult:
+    """Load new lines of every ``*.jsonl`` under ``runs_dir`` into ``db_path``.
+
+    ``progress=None`` shows a tqdm bar on stderr only when it is a terminal.
+    Raises :class:`IngestError` for user mistakes (no logs, database in use).
+    """
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise IngestError(f"{runs_dir} is not a directory; pass the directory your training runs write to")
+    db_path = Path(db_path) if db_path is not None else runs_dir / DEFAULT_DB
+    con = connect(db_path)
+    try:
+        _prepare(con, runs_dir, db_path)
+        states = _states(con)
+        logs = discover_logs(runs_dir, {rel: s.run_id for rel, s in states.items()})
+        if not logs:
+            raise IngestError(
+                f"no *.jsonl logs under {runs_dir}; point RUNS_DIR at the directory that holds your runs "
+                "(each run writes <run_dir>/train.jsonl)"
+            )
+        for log in logs:
+            states.setdefault(log.rel_path, FileState(log.rel_path, log.run_id, str(log.path), str(log.run_dir)))
+            states[log.rel_path].path, states[log.rel_path].run_dir = str(log.path), str(log.run_dir)
+        todo = sum(max(0, log.path.stat().st_size - states[log.rel_path].byte_offset) for log in logs)
+        result = IngestResult(db_path)
+        disable = None if progress is None else not progress
+        with tqdm(total=todo, unit="B", unit_scale=True, desc="ingest", file=sys.stderr, disable=disable) as bar:
+            for log in logs:
+                state = states[log.rel_path]
+                report = load_file(con, state, chunk_bytes, bar)
+                if report.new_lines or report.restarted or not _has_run_row(con, state.run_id):
+                    _refresh_run(con, state)
+                result.files.append(report)
+        if any(f.new_lines or f.restarted for f in result.files):
+            for table in DERIVED_TABLES:  # stale now; analyze writes them again
+                con.execute(f"DROP TABLE IF EXISTS {table}")
+        return result
+    finally:
+        con.close()
+
+
+def _has_run_row(con, run_id: str) -> bool:
+    return con.execute("SELECT count(*) FROM runs WHERE run_id = $1", [run_id]).fetchall()[0][0] > 0

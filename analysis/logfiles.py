@@ -1,0 +1,212 @@
+"""Find run logs, cut them into complete lines, and check records in Python.
+
+This is the storage-free half of ingest: it knows the file system and the log
+schema (through :mod:`rg_tracer.schema`) but not DuckDB. The DuckDB half
+(:mod:`analysis.db`) parses the bulk of every log in SQL and falls back on
+:func:`check_line` here for the lines SQL cannot vouch for, so every rejected
+line gets a ``file:line: field: problem`` message that matches ``validate``.
+
+Run ids (documented in ``docs/analysis.md``):
+
+* ``<dir>/train.jsonl``  -> ``<dir>`` relative to RUNS_DIR (POSIX separators);
+* ``<dir>/<name>.jsonl`` -> ``<dir>/<name>``;
+* ``train.jsonl`` directly in RUNS_DIR -> the name of RUNS_DIR itself, so
+  ``rg-tracer analyze runs/exp1`` calls the run ``exp1``;
+* a clash (``a/b/train.jsonl`` and ``a/b.jsonl``) keeps the id already in the
+  database and gives the newcomer its file path with ``.jsonl``, then ``~2``, ...
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rg_tracer.schema import SchemaError, validate
+
+__all__ = [
+    "LogFile",
+    "Chunk",
+    "BadLine",
+    "discover_logs",
+    "iter_chunks",
+    "check_line",
+    "split_error",
+]
+
+TRAIN_LOG = "train.jsonl"
+
+
+@dataclass(frozen=True)
+class LogFile:
+    """One JSONL log and the run it belongs to."""
+
+    path: Path
+    rel_path: str
+    run_id: str
+    run_dir: Path
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Complete lines ``data[offsets[i]:offsets[i+1]]`` of one log.
+
+    ``start``/``end`` are byte offsets in the file; ``first_line`` is the
+    1-based line number of the first line.
+    """
+
+    data: bytes
+    offsets: np.ndarray  # (n_lines + 1,) int64, offsets[0] == 0
+    start: int
+    end: int
+    first_line: int
+
+    @property
+    def n_lines(self) -> int:
+        return len(self.offsets) - 1
+
+    def line(self, i: int) -> bytes:
+        return self.data[self.offsets[i] : self.offsets[i + 1]]
+
+
+@dataclass(frozen=True)
+class BadLine:
+    """A line that was skipped, with the reason in ``field: problem`` form."""
+
+    line: int
+    field: str
+    message: str
+
+
+def _base_id(rel: Path, root_name: str) -> str:
+    parent = rel.parent.as_posix()
+    if rel.name == TRAIN_LOG:
+        return root_name if parent == "." else parent
+    stem = rel.name[: -len(".jsonl")]
+    return stem if parent == "." else f"{parent}/{stem}"
+
+
+def discover_logs(runs_dir: Path, known: dict[str, str] | None = None) -> list[LogFile]:
+    """Every ``*.jsonl`` under ``runs_dir`` (hidden directories skipped).
+
+    ``known`` maps ``rel_path -> run_id`` from earlier ingests so that ids stay
+    stable when a clashing file appears later.
+    """
+    runs_dir = Path(runs_dir)
+    known = dict(known or {})
+    root_name = runs_dir.resolve().name or "root"
+    rels: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(runs_dir):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.endswith(".jsonl") and not name.startswith("."):
+                rels.append(Path(dirpath, name).relative_to(runs_dir))
+    # train.jsonl files first: they own the plain directory ids.
+    rels.sort(key=lambda r: (r.name != TRAIN_LOG, r.as_posix()))
+    taken = {known[r.as_posix()] for r in rels if r.as_posix() in known}
+    logs = []
+    for rel in rels:
+        key = rel.as_posix()
+        run_id = known.get(key)
+        if run_id is None:
+            run_id = _base_id(rel, root_name)
+            if run_id in taken:
+                run_id = key
+            suffix = 2
+            while run_id in taken:
+                run_id, suffix = f"{key}~{suffix}", suffix + 1
+            taken.add(run_id)
+        logs.append(LogFile(runs_dir / rel, key, run_id, (runs_dir / rel).parent))
+    return logs
+
+
+def iter_chunks(path: Path, offset: int, first_line: int, chunk_bytes: int = 64 << 20) -> Iterator[Chunk]:
+    """Yield the complete lines after byte ``offset`` in blocks of ~``chunk_bytes``.
+
+    A last line without its newline (a writer mid-line, or a run killed while
+    writing) is not yielded: the next call starts from it again.
+    """
+    with open(path, "rb") as f:
+        f.seek(offset)
+        while True:
+            data = f.read(chunk_bytes)
+            if not data:
+                return
+            if not data.endswith(b"\n"):
+                data += f.readline()  # finish the line (or reach the end of the file)
+            offsets = _line_offsets(data)
+            if len(offsets) == 1:  # only a partial last line
+                return
+            end = offset + int(offsets[-1])
+            yield Chunk(data, offsets, offset, end, first_line)
+            if end < offset + len(data):
+                return  # the rest is a partial last line
+            offset = end
+            first_line += len(offsets) - 1
+
+
+def _line_offsets(data: bytes) -> np.ndarray:
+    # Lines are long (kilobytes), so memchr via bytes.find beats a numpy scan.
+    starts = [0]
+    find, pos = data.find, 0
+    while True:
+        pos = find(b"\n", pos) + 1
+        if pos == 0:
+            break
+        starts.append(pos)
+    return np.asarray(starts, dtype=np.int64)
+
+
+def _non_finite(record: dict) -> str | None:
+    """Path of the first NaN/Infinity among the numbers the schema types.
+
+    JSON has no NaN; Python's ``json`` writes it anyway, and the schema says a
+    value that could not be computed is ``null``. Free-form objects (config,
+    curriculum, timing, ...) are stored as written.
+    """
+    maps: list[tuple[str, object]] = [("rl", record.get("rl")), ("metrics", record.get("metrics"))]
+    for i, sample in enumerate(record.get("gepa") or []):
+        maps += [(f"gepa[{i}].{name}", sample.get(name)) for name in ("rewards", "tags", "verifier")]
+    for where, values in maps:
+        for key, value in (values or {}).items():
+            if isinstance(value, float) and not math.isfinite(value):
+                return f"{where}.{key}"
+    return None
+
+
+def check_line(raw: bytes) -> dict | str | None:
+    """Parse and validate one line.
+
+    Returns the upgraded record, ``None`` for a blank line (skipped silently,
+    as JSONL readers do), or ``"field: problem"``.
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"<line>: not UTF-8 ({exc.reason} at byte {exc.start})"
+    if not text.strip():
+        return None
+    try:
+        record = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        msg = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+        return f"<line>: not valid JSON ({msg})"
+    try:
+        record = validate(record)
+    except SchemaError as exc:
+        return str(exc)
+    where = _non_finite(record)
+    if where:
+        return f"{where}: non-finite value; write null for a value that could not be computed"
+    return record
+
+
+def split_error(message: str) -> tuple[str, str]:
+    """``"field: problem"`` -> ``(field, problem)``."""
+    field, _, problem = message.partition(": ")
+    return field, problem

@@ -1,0 +1,268 @@
+"""Figures for the report: each function takes tables and returns a Figure.
+
+Figures are built with ``matplotlib.figure.Figure`` rather than pyplot, so
+rendering never touches a GUI backend or pyplot's global figure list (no
+``plt.show()``, nothing to close); a notebook displays the returned Figure.
+Long series are thinned to ~``MAX_POINTS`` points for drawing only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from rg_tracer.schema import RL_KEYS
+
+__all__ = [
+    "axis_curves",
+    "metric_curves",
+    "correlation_heatmap",
+    "lead_lag_plot",
+    "task_curves",
+    "eval_vs_train",
+    "compare_runs",
+]
+
+MAX_POINTS = 4000
+_WIDTH = 11.0
+
+
+def _thin(frame: pl.DataFrame) -> pl.DataFrame:
+    every = max(1, math.ceil(frame.height / MAX_POINTS))
+    return frame.gather_every(every) if every > 1 else frame
+
+
+def _grid(n: int, ncols: int = 2, height: float = 2.6, title: str | None = None) -> tuple[Figure, list]:
+    n = max(n, 1)
+    ncols = min(ncols, n)
+    nrows = math.ceil(n / ncols)
+    head = 0.45 + (0.3 if title else 0.0)  # inches above the first row
+    total = height * nrows + head + 0.15
+    fig = Figure(figsize=(_WIDTH, total))
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.6 / total, top=1 - head / total,
+                        hspace=0.6, wspace=0.2 if ncols <= 2 else 0.42)
+    if title:
+        fig.suptitle(title, fontsize=9, y=1 - 0.12 / total, va="top")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel().tolist()
+    for extra in axes[n:]:
+        extra.set_visible(False)
+    for ax in axes[:n]:
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))  # steps
+    return fig, axes[:n]
+
+
+def _empty(message: str) -> Figure:
+    fig = Figure(figsize=(_WIDTH, 1.2))
+    fig.text(0.5, 0.5, message, ha="center", va="center", color="0.4")
+    return fig
+
+
+def _txt(text: object) -> str:
+    """A log-derived string as literal text: no mathtext, not hidden from legends."""
+    text = str(text).replace("$", r"\$")
+    return " " + text if text.startswith("_") else text
+
+
+def _label(kind: str, axis: str) -> str:
+    return _txt(axis if kind == "reward" else f"{kind}: {axis}")
+
+
+def axis_curves(fitness: pl.DataFrame, transitions: pl.DataFrame) -> Figure:
+    """Per axis: step mean (thin), EMA (thick), ±1 standard error band, transitions shaded.
+
+    The band is the standard error of the step mean (std / sqrt n), not the
+    per-sample std, which for 0/1 rewards would hide the curve.
+    """
+    series = fitness.partition_by(["kind", "axis"], as_dict=True, maintain_order=True)
+    if not series:
+        return _empty("no axis values logged")
+    fig, axes = _grid(len(series))
+    for ax, ((kind, axis), frame) in zip(axes, sorted(series.items())):
+        f = _thin(frame.sort("step"))
+        x = f["step"].to_numpy()
+        mean = f["mean"].to_numpy()
+        se = (f["std"].fill_null(0.0) / f["n"].cast(pl.Float64).sqrt()).to_numpy()
+        ax.fill_between(x, mean - se, mean + se, color="C0", alpha=0.15, linewidth=0, label="±1 s.e.")
+        ax.plot(x, mean, color="C0", alpha=0.45, linewidth=0.8, label="step mean")
+        ax.plot(x, f["ema"].to_numpy(), color="C0", linewidth=2.0, label="EMA")
+        marks = transitions.filter((pl.col("kind") == kind) & (pl.col("axis") == axis))
+        for t in marks.iter_rows(named=True):
+            ax.axvspan(t["onset_step"], max(t["end_step"], t["onset_step"] + 0.5), color="C3", alpha=0.2)
+            ax.axvline(t["onset_step"], color="C3", linestyle="--", linewidth=1)
+        if marks.height:  # label the largest change only; the table lists them all
+            t = marks.sort(pl.col("delta").abs(), descending=True).row(0, named=True)
+            ax.annotate(f" {t['before']:.3g}→{t['after']:.3g}", (t["onset_step"], 1.0),
+                        xycoords=("data", "axes fraction"), fontsize=7, color="C3", va="top", ha="left")
+        ax.set_title(_label(kind, axis), fontsize=10)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0].legend(fontsize=7, loc="lower right")
+    return fig
+
+
+def metric_curves(metrics: pl.DataFrame, max_panels: int = 12) -> Figure:
+    """One panel per RL metric: the schema's core metrics, then those that vary, then the rest."""
+    spread = metrics.group_by("metric").agg((pl.col("value").max() - pl.col("value").min()).alias("range"))
+    ranked = sorted(spread.iter_rows(), key=lambda r: (r[0] not in RL_KEYS, not (r[1] or 0) > 0, r[0]))
+    names = [r[0] for r in ranked]
+    if not names:
+        return _empty("no RL metrics logged")
+    shown = names[:max_panels]
+    note = None
+    if len(names) > len(shown):
+        note = f"{len(shown)} of {len(names)} metrics (all are in the rl_metrics table)"
+    fig, axes = _grid(len(shown), ncols=4, height=2.1, title=note)
+    for ax, name in zip(axes, shown):
+        f = _thin(metrics.filter(pl.col("metric") == name).sort("step"))
+        ax.plot(f["step"].to_numpy(), f["value"].to_numpy(), color="C2", linewidth=0.9)
+        ax.set_title(_txt(name), fontsize=9, pad=11)  # room for a "1e-8" offset label
+        ax.tick_params(labelsize=7)
+    return fig
+
+
+def correlation_heatmap(correlations: pl.DataFrame, value: str = "diff_pearson_r") -> Figure:
+    """Metrics × axes coloured by ``value``; * marks BH-adjusted p < 0.05."""
+    correlations = correlations.filter(pl.col(value).is_not_null() & pl.col(value).is_not_nan())
+    if correlations.is_empty():
+        return _empty("no correlations (no reward axis or no RL metric varies)")
+    axes_names = sorted(correlations["axis"].unique().to_list())
+    metric_names = sorted(correlations["metric"].unique().to_list())
+    grid = np.full((len(metric_names), len(axes_names)), np.nan)
+    sig = np.zeros_like(grid, dtype=bool)
+    p_col = value[:-2] + "_p_adj"
+    for r in correlations.iter_rows(named=True):
+        i, j = metric_names.index(r["metric"]), axes_names.index(r["axis"])
+        grid[i, j] = np.nan if r[value] is None else r[value]
+        sig[i, j] = r.get(p_col) is not None and r[p_col] < 0.05
+    fig = Figure(figsize=(min(_WIDTH, 2.5 + 1.1 * len(axes_names)), 1.2 + 0.35 * len(metric_names)),
+                 layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(grid, cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(axes_names)), [_txt(a) for a in axes_names], rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(metric_names)), [_txt(m) for m in metric_names], fontsize=8)
+    for (i, j), v in np.ndenumerate(grid):
+        if np.isfinite(v):
+            ax.text(j, i, f"{v:.2f}{'*' if sig[i, j] else ''}", ha="center", va="center", fontsize=7)
+    fig.colorbar(image, ax=ax, shrink=0.8, label=value)
+    return fig
+
+
+def lead_lag_plot(xcorr: pl.DataFrame, correlations: pl.DataFrame, top: int = 6) -> Figure:
+    """r(k) against lag for the ``top`` pairs whose metric most strongly leads the axis (k >= 1).
+
+    Metrics whose r(k) curve repeats one already drawn (``kl`` and ``kl/value``) are skipped.
+    """
+    ranked = correlations.drop_nulls("lead_r").sort(["lead_p_adj", pl.col("lead_r").abs()],
+                                                    descending=[False, True], nulls_last=True)
+    if ranked.is_empty():
+        return _empty("no lagged correlations")
+    fig = Figure(figsize=(_WIDTH, 4.0))
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.14, top=0.95)
+    ax = fig.subplots()
+    drawn: list[np.ndarray] = []
+    for r in ranked.iter_rows(named=True):
+        f = xcorr.filter((pl.col("axis") == r["axis"]) & (pl.col("metric") == r["metric"])
+                         & (pl.col("kind") == r["kind"])).sort("lag")
+        curve = f["r"].to_numpy()
+        if any(len(c) == len(curve) and np.allclose(c, curve, equal_nan=True) for c in drawn):
+            continue
+        i = len(drawn)
+        drawn.append(curve)
+        ax.plot(f["lag"].to_numpy(), curve, marker=".", color=f"C{i}",
+                label=_txt(f"{r['metric']} → {r['axis']} (lead {r['lead_k']}, r={r['lead_r']:.2f})"))
+        ax.plot([r["lead_k"]], [r["lead_r"]], marker="o", markersize=9, color=f"C{i}", fillstyle="none")
+        if len(drawn) == top:
+            break
+    ax.axvline(0, color="0.5", linewidth=0.8)
+    ax.axhline(0, color="0.5", linewidth=0.8)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("lag k (k > 0: the metric's changes precede the axis's by k steps)")
+    ax.set_ylabel("corr(Δmetric[t], Δaxis[t+k])")
+    ax.legend(fontsize=7, loc="best")
+    return fig
+
+
+def task_curves(task_fitness: pl.DataFrame) -> Figure:
+    """Per axis, the EMA of each task."""
+    series = task_fitness.partition_by(["kind", "axis"], as_dict=True, maintain_order=True)
+    if not series:
+        return _empty("no per-task values")
+    fig, axes = _grid(len(series))
+    for ax, ((kind, axis), frame) in zip(axes, sorted(series.items())):
+        for i, ((task,), f) in enumerate(sorted(frame.partition_by(["task_id"], as_dict=True).items(),
+                                                key=lambda kv: str(kv[0][0]))):
+            f = _thin(f.sort("step"))
+            ax.plot(f["step"].to_numpy(), f["ema"].to_numpy(), color=f"C{i % 10}", linewidth=1.4,
+                    label=_txt(task))
+        ax.set_title(_label(kind, axis), fontsize=10)
+        ax.tick_params(labelsize=7)
+    axes[0].legend(fontsize=7, loc="best")
+    return fig
+
+
+def eval_vs_train(fitness: pl.DataFrame, evals: pl.DataFrame) -> Figure:
+    """Each eval metric (by split) against the training EMA of the same reward axis."""
+    names = sorted(evals["axis"].unique().to_list())
+    if not names:
+        return _empty("no eval records")
+    fig, axes = _grid(len(names))
+    for ax, name in zip(axes, names):
+        train = _thin(fitness.filter((pl.col("kind") == "reward") & (pl.col("axis") == name)).sort("step"))
+        if not train.is_empty():
+            ax.plot(train["step"].to_numpy(), train["ema"].to_numpy(), color="C0", label="train EMA")
+        for i, ((split,), f) in enumerate(sorted(evals.filter(pl.col("axis") == name)
+                                                 .partition_by(["split"], as_dict=True).items())):
+            f = f.sort("step")
+            ax.plot(f["step"].to_numpy(), f["value"].to_numpy(), marker="o", linestyle="-",
+                    color=f"C{i + 1}", label=_txt(f"eval: {split}"))
+        ax.set_title(_txt(name), fontsize=10)
+        ax.legend(fontsize=7, loc="best")
+        ax.tick_params(labelsize=7)
+    return fig
+
+
+def compare_runs(fitness: pl.DataFrame, kind: str = "reward") -> Figure:
+    """Per axis of ``kind``, every run's EMA, smoothed over ~1% of the steps for display."""
+    frame = fitness.filter(pl.col("kind") == kind)
+    names = sorted(frame["axis"].unique().to_list())
+    if not names:
+        return _empty(f"no {kind} axes logged")
+    run_ids = sorted(frame["run_id"].unique().to_list())
+    many = len(run_ids) > 8
+    fig, axes = _grid(len(names), height=3.0 if many else 2.6)
+    colours = _colours(len(run_ids))
+    for ax, name in zip(axes, names):
+        for i, run_id in enumerate(run_ids):
+            f = _thin(frame.filter((pl.col("axis") == name) & (pl.col("run_id") == run_id)).sort("step"))
+            if f.is_empty():
+                continue
+            smooth = f["ema"].rolling_mean(max(1, f.height // 100), min_samples=1)
+            ax.plot(f["step"].to_numpy(), smooth.to_numpy(), color=colours[i], linewidth=1.2,
+                    linestyle="-" if i < 20 else "--", label=_txt(run_id))
+        ax.set_title(_txt(name), fontsize=10)
+        ax.tick_params(labelsize=7)
+    if many:  # one legend for the figure, beside the panels, with runs from every panel
+        found: dict[str, object] = {}
+        for ax in axes:
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                found.setdefault(label, handle)
+        labels = sorted(found)
+        handles = [found[label] for label in labels]
+        fig.subplots_adjust(right=0.84)
+        fig.legend(handles, labels, loc="upper right", fontsize=7, ncol=1 + len(run_ids) // 30, frameon=False)
+    else:
+        axes[0].legend(fontsize=7, loc="best")
+    return fig
+
+
+def _colours(n: int) -> list:
+    from matplotlib import colormaps
+
+    if n <= 10:
+        return [f"C{i}" for i in range(n)]
+    cmap = colormaps["tab20"]
+    return [cmap(i % 20) for i in range(n)]

@@ -1,0 +1,218 @@
+"""Render the report: ``index.html``, ``<run_id>/index.html`` and ``summary.json``.
+
+Render only: every number here was computed by :mod:`analysis.fitness`,
+:mod:`analysis.correlations` and :mod:`analysis.transitions`; this module
+lays them out. ``summary.json`` is documented in ``docs/analysis.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from analysis import plots
+from analysis._html import esc, href, num, page, save_png, table
+from analysis.correlations import lead_lag
+
+__all__ = ["RunReport", "summary", "write_run_page", "write_index"]
+
+COMPLETION_CHARS = 600
+
+
+@dataclass
+class RunReport:
+    """Everything one run page shows (frames already filtered to the run)."""
+
+    run_id: str
+    run: dict
+    fitness: pl.DataFrame
+    task_fitness: pl.DataFrame
+    metrics: pl.DataFrame
+    evals: pl.DataFrame
+    correlations: pl.DataFrame
+    xcorr: pl.DataFrame
+    transitions: pl.DataFrame
+    drilldown: list[tuple[dict, pl.DataFrame, pl.DataFrame]] = field(default_factory=list)
+    errors: list[dict] = field(default_factory=list)
+
+
+def _finite(value: object) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def _axis_key(kind: str, axis: str) -> str:
+    return axis if kind == "reward" else f"{kind}/{axis}"
+
+
+def summary(rr: RunReport) -> dict:
+    """The ``summary.json`` object of one run."""
+    axes: dict[str, dict] = {}
+    for (kind, axis), frame in sorted(rr.fitness.partition_by(["kind", "axis"], as_dict=True).items()):
+        last = frame.sort("step").tail(1).row(0, named=True)
+        trans = rr.transitions.filter((pl.col("kind") == kind) & (pl.col("axis") == axis)).sort("onset_step")
+        axes[_axis_key(kind, axis)] = {
+            "kind": kind,
+            "final_mean": _finite(last["mean"]),
+            "final_ema": _finite(last["ema"]),
+            "transitions": [
+                {"onset_step": t["onset_step"], "end_step": t["end_step"],
+                 "before": _finite(t["before"]), "after": _finite(t["after"])}
+                for t in trans.iter_rows(named=True)
+            ],
+        }
+    return {
+        "run_id": rr.run_id,
+        "steps": int(rr.run.get("n_steps") or 0),
+        "last_step": rr.run.get("last_step"),
+        "status": rr.run.get("status"),
+        "axes": axes,
+        "lead_lag": lead_lag(rr.correlations, rr.run_id),
+    }
+
+
+def _figure(page_dir: Path, rel: str, fig, alt: str) -> str:
+    """Save ``fig`` at ``page_dir/rel``; an ``<img>`` pointing at it."""
+    save_png(fig, page_dir / rel)
+    return f'<img src="{href(rel)}" alt="{esc(alt)}">'
+
+
+def _drilldown_html(rr: RunReport) -> str:
+    if not rr.drilldown:
+        return '<p class="muted">no transitions</p>'
+    parts = []
+    for t, before, after in rr.drilldown:
+        where = (f"step {t['onset_step']}" if t["onset_step"] == t["end_step"]
+                 else f"steps {t['onset_step']}–{t['end_step']}")
+        name = esc(_axis_key(t["kind"], t["axis"]))
+        parts.append(f"<h3>{name}: {num(t['before'])} → {num(t['after'])} at {where}</h3>")
+        low, high = "lowest on this axis", "highest on this axis"
+        labels = (f"before ({low})", f"after ({high})") if t["delta"] > 0 else (f"before ({high})", f"after ({low})")
+        for label, frame in zip(labels, (before, after)):
+            rows = [
+                (r["step"], r["task_id"], r["value"],
+                 ("raw", f"<pre>{esc(_clip(r['completion']))}</pre>"))
+                for r in frame.iter_rows(named=True)
+            ]
+            parts.append(f'<p class="muted">{esc(label)}</p>')
+            parts.append(table(["step", "task", "value", "completion"], rows, [True, False, True, False]))
+    return "".join(parts)
+
+
+def _clip(text: str | None) -> str:
+    text = text or ""
+    return text if len(text) <= COMPLETION_CHARS else text[:COMPLETION_CHARS] + " …"
+
+
+def _axes_table(rr: RunReport) -> str:
+    rows = []
+    for (kind, axis), f in sorted(rr.fitness.partition_by(["kind", "axis"], as_dict=True).items()):
+        last = f.sort("step").tail(1).row(0, named=True)
+        n_trans = rr.transitions.filter((pl.col("kind") == kind) & (pl.col("axis") == axis)).height
+        rows.append((kind, axis, last["step"], last["mean"], last["ema"], last["slope"], n_trans))
+    return table(["kind", "axis", "last step", "final mean", "final EMA", "slope", "transitions"], rows,
+                 [False, False, True, True, True, True, True])
+
+
+def _correlation_table(rr: RunReport, limit: int = 25) -> str:
+    varies = pl.col("pearson_r").is_not_null() & pl.col("pearson_r").is_not_nan()
+    flat = rr.correlations.filter(~varies)
+    frame = rr.correlations.filter(varies).sort(["lag_p_adj", "diff_pearson_p_adj"], nulls_last=True)
+    cols = ["metric", "axis", "n", "pearson_r", "spearman_r", "diff_pearson_r", "diff_pearson_p_adj",
+            "best_lag", "lag_r", "lag_p_adj"]
+    rows = [[r[c] for c in cols] for r in frame.head(limit).iter_rows(named=True)]
+    html = table(cols, rows, [False, False] + [True] * 8)
+    if frame.height > limit:
+        html += f'<p class="muted">{frame.height - limit} more rows in the <code>correlations</code> table.</p>'
+    constant = sorted(set(flat["metric"].to_list()) - set(frame["metric"].to_list()))
+    constant_axes = sorted(set(flat["axis"].to_list()) - set(frame["axis"].to_list()))
+    if constant or constant_axes:
+        left_out = esc(", ".join(constant + constant_axes))
+        html += f'<p class="muted">Constant over the run, so left out: {left_out}.</p>'
+    return html
+
+
+def _leads_table(rr: RunReport, per_axis: int = 3) -> str:
+    """Per axis, the metrics whose changes most significantly precede it (k >= 1)."""
+    leads = (rr.correlations.filter(pl.col("lead_p_adj") < 0.05)
+             .sort(["axis", "lead_p_adj", pl.col("lead_r").abs()], descending=[False, False, True])
+             .group_by("axis", maintain_order=True).head(per_axis))
+    rows = leads.select("axis", "metric", "lead_k", "lead_r", "lead_p_adj").rows()
+    return table(["axis", "metric", "leads by (steps)", "r", "p_adj"], rows, [False, False, True, True, True])
+
+
+def write_run_page(out: Path, rr: RunReport) -> Path:
+    """Write ``out/<run_id>/index.html``, its PNGs and ``summary.json``."""
+    run_dir = out / rr.run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    summ = summary(rr)
+    (run_dir / "summary.json").write_text(json.dumps(summ, indent=2, allow_nan=False), encoding="utf-8")
+    up = "../" * (rr.run_id.count("/") + 1)
+    run = rr.run
+    facts = table(
+        ["status", "steps", "first step", "last step", "samples", "segments", "evals", "skipped lines", "log"],
+        [[run.get("status"), run.get("n_steps"), run.get("first_step"), run.get("last_step"), run.get("n_samples"),
+          run.get("n_segments"), run.get("n_evals"), run.get("bad_lines"), run.get("log_path")]],
+        [False] + [True] * 7 + [False],
+    )
+    body = [f'<nav><a href="{up}index.html">← all runs</a><a href="summary.json">summary.json</a></nav>',
+            f"<h1>{esc(rr.run_id)}</h1>", facts]
+    if rr.errors:
+        body.append('<h2 class="warn">Skipped lines</h2>')
+        body.append(table(["line", "field", "problem"], [(e["line"], e["field"], e["message"]) for e in rr.errors],
+                          [True, False, False]))
+    if rr.fitness.is_empty():
+        body.append('<p class="muted">No steps logged yet.</p>')
+    else:
+        body += [
+            "<h2>Reward axes</h2>", _figure(run_dir, "axes.png", plots.axis_curves(rr.fitness, rr.transitions),
+                                              "per-axis curves"),
+            _axes_table(rr), "<h2>Transitions</h2>",
+            table(["kind", "axis", "onset step", "end step", "before", "after", "Δ"],
+                  rr.transitions.select("kind", "axis", "onset_step", "end_step", "before", "after", "delta").rows(),
+                  [False, False, True, True, True, True, True]),
+            "<h2>RL metrics</h2>", _figure(run_dir, "metrics.png", plots.metric_curves(rr.metrics), "RL metrics"),
+            "<h2>Correlations</h2>",
+            '<p class="muted">Pearson on first differences of step means; * = BH-adjusted p &lt; 0.05.</p>',
+            _figure(run_dir, "correlations.png", plots.correlation_heatmap(rr.correlations), "correlation heat map"),
+            _correlation_table(rr), "<h2>Lead / lag</h2>",
+            '<p class="muted">best_lag = k &gt; 0: the metric\'s changes precede the axis\'s by k steps. '
+            "Metrics whose changes lead each axis (BH-adjusted p &lt; 0.05):</p>", _leads_table(rr),
+            _figure(run_dir, "lead_lag.png", plots.lead_lag_plot(rr.xcorr, rr.correlations), "lead/lag"),
+            "<h2>Per task</h2>", _figure(run_dir, "tasks.png", plots.task_curves(rr.task_fitness), "per-task curves"),
+            "<h2>Eval vs train</h2>",
+            _figure(run_dir, "eval.png", plots.eval_vs_train(rr.fitness, rr.evals), "eval against train"),
+            "<h2>Samples around transitions</h2>", _drilldown_html(rr),
+        ]
+    path = run_dir / "index.html"
+    path.write_text(page(f"rg-tracer · {rr.run_id}", "".join(body)), encoding="utf-8")
+    return path
+
+
+def write_index(out: Path, reports: list[RunReport], fitness: pl.DataFrame, notes: list[str]) -> Path:
+    """Write ``out/index.html``: every run, and their reward axes side by side."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for rr in reports:
+        r, s = rr.run, summary(rr)
+        finals = ", ".join(f"{k}={v['final_ema']:.3f}" for k, v in s["axes"].items()
+                           if v["kind"] == "reward" and v["final_ema"] is not None)
+        top = next((x for x in s["lead_lag"] if x["p_adj"] is not None and x["p_adj"] < 0.05), None)
+        lead = f"{top['metric']} → {top['axis']} ({top['best_lag']:+d})" if top else ""
+        n_trans = sum(len(v["transitions"]) for v in s["axes"].values())
+        rows.append([("raw", f'<a href="{href(rr.run_id + "/index.html")}">{esc(rr.run_id)}</a>'), r.get("status"),
+                     r.get("n_steps"), r.get("last_step"), r.get("bad_lines"), finals, n_trans, lead])
+    body = [f"<h1>rg-tracer runs</h1><p class=\"muted\">{len(reports)} run(s)</p>"]
+    body += [f'<p class="warn">{esc(n)}</p>' for n in notes]
+    body.append(table(["run", "status", "steps", "last step", "skipped lines", "final EMA (rewards)",
+                       "transitions", "strongest link (lag k; k > 0: metric first)"], rows,
+                      [False, False, True, True, True, False, True, False]))
+    if not fitness.is_empty():
+        body += ["<h2>Reward axes across runs (EMA)</h2>",
+                 _figure(out, "index_files/compare.png", plots.compare_runs(fitness), "runs compared")]
+    path = out / "index.html"
+    path.write_text(page("rg-tracer runs", "".join(body)), encoding="utf-8")
+    return path
