@@ -21,7 +21,7 @@ __all__ = ["analyze_runs", "DRILLDOWN_TRANSITIONS", "DRILLDOWN_STEPS", "DRILLDOW
 
 DRILLDOWN_TRANSITIONS = 8  # largest |delta| first
 #: A run's page is rewritten only when its log, the options or this version changed.
-REPORT_VERSION = 1
+REPORT_VERSION = 2
 STAMP = ".report-stamp"
 DRILLDOWN_STEPS = 3  # steps looked at either side
 DRILLDOWN_SAMPLES = 3  # completions shown either side: the extremes in the direction of the change
@@ -108,4 +108,6 @@ def analyze_runs(
             rr.drilldown = _drilldown(runs, run_id, rr.transitions)
             write_run_page(out, rr)
             stamp.write_text(key)
-        return write_index(out, reports, fitness, _notes(result, runs))
+        configs = {r["run_id"]: json.loads(r["config"]) if isinstance(r["config"], str) else (r["config"] or {})
+                   for r in runs.sql("SELECT run_id, config FROM segments WHERE segment = 0").iter_rows(named=True)}
+        return write_index(out, reports, fitness, _notes(result, runs), configs)

@@ -7,12 +7,13 @@ For every run, reward axis (its per-step ``mean``) and RL metric:
 * lagged cross-correlation over lags -K..K of the *prewhitened* series:
   ``r(k) = corr(e_metric[t], e_axis[t + k])``, so **k > 0 means the metric's
   changes precede the axis's by k steps**; ``best_lag`` maximises ``|r(k)|``
-  (ties go to the smaller ``|k|``). Prewhitening (Box-Jenkins): fit an AR(p)
-  model to the metric (p <= 10 by AIC), and filter both series with it. Without
-  it, autocorrelation fakes leads: plain first differences of two noisy series
-  that move together at k = 0 also "correlate" at k = +-1 with r(0) / -2. For a
-  random-walk metric the filter is close to differencing, for white noise it is
-  close to nothing;
+  (ties go to the smaller ``|k|``). Prewhitening (Haugh): each series is
+  replaced by the residuals of its own AR(p) model (p <= 10 by AIC), so that
+  neither is autocorrelated and r(k) has its textbook null distribution.
+  Without it, autocorrelation fakes leads: plain first differences of two
+  noisy series that move together at k = 0 also "correlate" at k = +-1 with
+  r(0) / -2, and two trends correlate at every lag. For a random walk the
+  filter is close to differencing, for white noise close to nothing;
 * p-values corrected with Benjamini-Hochberg within each family of tests of a
   run: each of the four correlations over all (axis, metric) pairs, and the
   lagged one over all (axis, metric, lag) triples.
@@ -49,13 +50,21 @@ DEFAULT_MAX_LAG = 10
 #: correlating them with the axes tells nothing.
 DEFAULT_EXCLUDE = r"reward|_ema/"
 _MIN_PAIRS = 4
+#: A series whose value changes at fewer steps than this (and 1% of its steps)
+#: is treated as constant: a few blips cannot carry a correlation.
+MIN_CHANGES = 10
+
+
+def _flat(v: np.ndarray) -> bool:
+    """Constant up to rounding (a filtered constant is not exactly constant)."""
+    return bool(np.ptp(v) <= 1e-9 * np.abs(v).max())
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> tuple[float, float, int]:
     """Pearson r, two-sided p and n over pairs where both are finite."""
     mask = np.isfinite(x) & np.isfinite(y)
     n = int(mask.sum())
-    if n < _MIN_PAIRS:
+    if n < _MIN_PAIRS or _flat(x[mask]) or _flat(y[mask]):
         return np.nan, np.nan, n
     xs, ys = x[mask] - x[mask].mean(), y[mask] - y[mask].mean()
     denom = np.sqrt((xs * xs).sum() * (ys * ys).sum())
@@ -97,7 +106,8 @@ def ar_fit(x: np.ndarray, max_order: int = 10) -> np.ndarray:
     """AR coefficients ``a_1..a_p`` of ``x`` (least squares with an intercept; p by AIC).
 
     Orders 0..max_order are compared on the same rows (those with every lag
-    finite); returns an empty array for order 0 or too short a series.
+    finite); returns an empty array for order 0 or too short a series, and
+    ``[1.0]`` (first differences) when the lags are collinear.
     """
     x = np.asarray(x, dtype=float)
     n = len(x)
@@ -110,15 +120,20 @@ def ar_fit(x: np.ndarray, max_order: int = 10) -> np.ndarray:
     t_rows = int(ok.sum())
     if t_rows < 3 * (order + 1):
         return np.zeros(0)
-    y, lags = target[ok], lagged[ok]
-    best, best_aic = np.zeros(0), t_rows * np.log(max(np.var(y), 1e-300)) + 2
+    # Centred normal equations: one Gram matrix serves every order (the intercept is the centring).
+    y = target[ok] - target[ok].mean()
+    lags = lagged[ok] - lagged[ok].mean(axis=0)
+    gram, cross, total = lags.T @ lags, lags.T @ y, float(y @ y)
+    best, best_aic = np.zeros(0), t_rows * np.log(max(total / t_rows, 1e-300)) + 2
     for p in range(1, order + 1):
-        design = np.column_stack([np.ones(t_rows), lags[:, :p]])
-        coef, *_ = np.linalg.lstsq(design, y, rcond=None)
-        sse = float(((y - design @ coef) ** 2).sum())
+        try:
+            coef = np.linalg.solve(gram[:p, :p], cross[:p])
+        except np.linalg.LinAlgError:  # collinear lags: constant over the fitted rows
+            return np.ones(1) if p == 1 else best
+        sse = total - float(coef @ cross[:p])
         aic = t_rows * np.log(max(sse / t_rows, 1e-300)) + 2 * (p + 1)
         if aic < best_aic:
-            best, best_aic = coef[1:], aic
+            best, best_aic = coef, aic
     return best
 
 
@@ -145,6 +160,12 @@ def bh_adjust(p: np.ndarray) -> np.ndarray:
     return out
 
 
+def _changes(v: np.ndarray) -> bool:
+    d = np.diff(v)
+    d = d[np.isfinite(d)]
+    return int(np.count_nonzero(d)) >= max(MIN_CHANGES, 0.01 * len(d))
+
+
 def _dense(frame: pl.DataFrame, key: str, value: str, lo: int, hi: int) -> dict[str, np.ndarray]:
     out = {}
     for (name,), group in frame.group_by([key], maintain_order=True):
@@ -159,12 +180,15 @@ def _run_tables(axes: pl.DataFrame, metrics: pl.DataFrame, max_lag: int) -> tupl
     hi = int(max(axes["step"].max(), metrics["step"].max()))
     axis_series = _dense(axes.with_columns(key=pl.col("kind") + "\x00" + pl.col("axis")), "key", "mean", lo, hi)
     metric_series = _dense(metrics, "metric", "value", lo, hi)
+    metric_series = {k: v if _changes(v) else np.full_like(v, np.nan) for k, v in metric_series.items()}
+    axis_series = {k: v if _changes(v) else np.full_like(v, np.nan) for k, v in axis_series.items()}
     rows, lags = [], []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        filters = {metric: ar_fit(m) for metric, m in metric_series.items()}
+        whitened = {metric: ar_residuals(m, ar_fit(m)) for metric, m in metric_series.items()}
         for key, a in axis_series.items():
             kind, axis = key.split("\x00", 1)
+            white_axis = ar_residuals(a, ar_fit(a))
             da = np.diff(a)
             for metric, m in metric_series.items():
                 dm = np.diff(m)
@@ -172,8 +196,7 @@ def _run_tables(axes: pl.DataFrame, metrics: pl.DataFrame, max_lag: int) -> tupl
                 sr, sp = spearman(m, a)
                 dr, dp, _ = pearson(dm, da)
                 dsr, dsp = spearman(dm, da)
-                coefs = filters[metric]
-                xc = lagged_xcorr(ar_residuals(m, coefs), ar_residuals(a, coefs), max_lag)
+                xc = lagged_xcorr(whitened[metric], white_axis, max_lag)
                 lags += [dict(kind=kind, axis=axis, metric=metric, **row) for row in xc.iter_rows(named=True)]
                 rows.append(dict(kind=kind, axis=axis, metric=metric, n=n, pearson_r=r, pearson_p=p,
                                  spearman_r=sr, spearman_p=sp, diff_pearson_r=dr, diff_pearson_p=dp,

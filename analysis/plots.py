@@ -266,3 +266,53 @@ def _colours(n: int) -> list:
         return [f"C{i}" for i in range(n)]
     cmap = colormaps["tab20"]
     return [cmap(i % 20) for i in range(n)]
+
+
+_PHASE_COLOURS = {"memorisation": "#fde0c5", "plateau": "#eeeeee", "transition": "#c7e9c0"}
+
+
+def grokking_curves(evals: pl.DataFrame, metrics: pl.DataFrame, summary, axis: str = "correctness") -> Figure:
+    """Train vs test eval curves with the phases shaded, and the weight norm below."""
+    curves = evals.filter(pl.col("axis") == axis)
+    if curves.is_empty():
+        return _empty(f"no eval records of {axis}")
+    norm = metrics.filter(pl.col("metric") == "diag/weight_norm").sort("step")
+    fig, axes = _grid(2 if not norm.is_empty() else 1, ncols=1, height=2.8)
+    ax = axes[0]
+    last = int(curves["step"].max())
+    phases = [("memorisation", 0, summary.memorisation_step),
+              ("plateau", summary.memorisation_step, summary.rise_start_step),
+              ("transition", summary.rise_start_step, summary.rise_end_step)]
+    for name, start, end in phases:
+        if start is not None and end is not None and end > start:
+            for a in axes:
+                a.axvspan(start, end, color=_PHASE_COLOURS[name], zorder=0, label=name if a is ax else None)
+    for i, ((split,), f) in enumerate(sorted(curves.partition_by(["split"], as_dict=True).items())):
+        f = f.sort("step")
+        ax.plot(f["step"].to_numpy(), f["value"].to_numpy(), marker=".", color=f"C{i}", label=_txt(f"{split}"))
+    ax.axhline(summary.threshold, color="grey", linestyle=":", linewidth=1)
+    ax.set_xlim(0, last)
+    ax.set_title(_txt(f"{axis}: eval by split (threshold {summary.threshold})"), fontsize=10)
+    ax.legend(fontsize=7, loc="best")
+    if not norm.is_empty():
+        axes[1].plot(norm["step"].to_numpy(), norm["value"].to_numpy(), color="C3")
+        axes[1].set_title("weight L2 norm", fontsize=10)
+        axes[1].set_xlim(0, last)
+    for a in axes:
+        a.tick_params(labelsize=7)
+    return fig
+
+
+def generalisation_steps(table: pl.DataFrame) -> Figure:
+    """Steps to generalise per group of runs: mean with min-max bars."""
+    rows = table.filter(pl.col("generalised") > 0)
+    if rows.is_empty():
+        return _empty("no run reached the generalisation threshold")
+    fig, axes = _grid(1, ncols=1, height=max(2.0, 0.4 * rows.height + 1))
+    ax = axes[0]
+    y = list(range(rows.height))
+    mean, low, high = rows["mean_steps"].to_numpy(), rows["min_steps"].to_numpy(), rows["max_steps"].to_numpy()
+    ax.errorbar(mean, y, xerr=[mean - low, high - mean], fmt="o", capsize=3)
+    ax.set_yticks(y, [_txt(f"{g} (n={n})") for g, n in zip(rows["group"], rows["generalised"])], fontsize=7)
+    ax.set_xlabel("steps to generalise (mean, min-max)", fontsize=8)
+    return fig

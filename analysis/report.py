@@ -17,10 +17,14 @@ import polars as pl
 from analysis import plots
 from analysis._html import esc, href, num, page, save_png, table
 from analysis.correlations import lead_lag
+from analysis.grokking import compare_runs as compare_grokking
+from analysis.grokking import grokking_summary
 
 __all__ = ["RunReport", "summary", "write_run_page", "write_index"]
 
 COMPLETION_CHARS = 600
+#: eval accuracy that counts as "memorised" (train split) and "generalised" (test split)
+GROK_THRESHOLD = 0.9
 
 
 @dataclass
@@ -37,6 +41,7 @@ class RunReport:
     xcorr: pl.DataFrame
     transitions: pl.DataFrame
     drilldown: list[tuple[dict, pl.DataFrame, pl.DataFrame]] = field(default_factory=list)
+    grok_threshold: float = GROK_THRESHOLD
     errors: list[dict] = field(default_factory=list)
 
 
@@ -71,6 +76,7 @@ def summary(rr: RunReport) -> dict:
         "status": rr.run.get("status"),
         "axes": axes,
         "lead_lag": lead_lag(rr.correlations, rr.run_id),
+        "grokking": grokking_summary(rr.evals, threshold=rr.grok_threshold).to_dict(),
     }
 
 
@@ -144,6 +150,31 @@ def _leads_table(rr: RunReport, per_axis: int = 3) -> str:
     return table(["axis", "metric", "leads by (steps)", "r", "p_adj"], rows, [False, False, True, True, True])
 
 
+_GROK_STATUS = {
+    "generalised": "memorised, then generalised",
+    "memorised_only": "memorised the train split; the test split has not reached the threshold",
+    "not_memorised": "neither split has reached the threshold",
+    "no_evals": "no eval records: train with --eval-every N (and a held-out --eval-dataset) to get this section",
+    "no_test_split": "no test-split eval records: pass a held-out --eval-dataset",
+}
+
+
+def _grokking_html(run_dir: Path, rr: RunReport) -> list[str]:
+    g = grokking_summary(rr.evals, threshold=rr.grok_threshold)
+    parts = ["<h2>Grokking</h2>", f'<p class="muted">{esc(_GROK_STATUS[g.status])}.</p>']
+    if g.status in ("no_evals", "no_test_split"):
+        return parts
+    parts.append(table(
+        ["axis", "threshold", "memorisation step", "generalisation step", "delay", "test rise 10%→90%",
+         "transition steps", "final train", "final test"],
+        [[g.axis, g.threshold, g.memorisation_step, g.generalisation_step, g.delay,
+          None if g.rise_start_step is None else f"{g.rise_start_step}→{g.rise_end_step}", g.transition_steps,
+          g.final_train, g.final_test]],
+        [False] + [True] * 8))
+    parts.append(_figure(run_dir, "grokking.png", plots.grokking_curves(rr.evals, rr.metrics, g), "grokking phases"))
+    return parts
+
+
 def write_run_page(out: Path, rr: RunReport) -> Path:
     """Write ``out/<run_id>/index.html``, its PNGs and ``summary.json``."""
     run_dir = out / rr.run_id
@@ -165,7 +196,7 @@ def write_run_page(out: Path, rr: RunReport) -> Path:
         body.append(table(["line", "field", "problem"], [(e["line"], e["field"], e["message"]) for e in rr.errors],
                           [True, False, False]))
     if rr.fitness.is_empty():
-        body.append('<p class="muted">No steps logged yet.</p>')
+        body.append('<p class="muted">No sampled completions yet (no steps, or supervised warm-up steps only).</p>')
     else:
         body += [
             "<h2>Reward axes</h2>", _figure(run_dir, "axes.png", plots.axis_curves(rr.fitness, rr.transitions),
@@ -187,12 +218,26 @@ def write_run_page(out: Path, rr: RunReport) -> Path:
             _figure(run_dir, "eval.png", plots.eval_vs_train(rr.fitness, rr.evals), "eval against train"),
             "<h2>Samples around transitions</h2>", _drilldown_html(rr),
         ]
+    body += _grokking_html(run_dir, rr)
     path = run_dir / "index.html"
     path.write_text(page(f"rg-tracer · {rr.run_id}", "".join(body)), encoding="utf-8")
     return path
 
 
-def write_index(out: Path, reports: list[RunReport], fitness: pl.DataFrame, notes: list[str]) -> Path:
+def _grokking_comparison(out: Path, reports: list[RunReport], configs: dict[str, dict]) -> list[str]:
+    summaries = {rr.run_id: grokking_summary(rr.evals, threshold=rr.grok_threshold) for rr in reports}
+    if not any(s.status not in ("no_evals", "no_test_split") for s in summaries.values()):
+        return []
+    groups = compare_grokking(summaries, configs)
+    return ["<h2>Steps to generalise across runs</h2>",
+            '<p class="muted">Runs grouped by the options that differ between them (seed ignored).</p>',
+            table(["group", "runs", "generalised", "mean steps", "std", "min", "max"], groups.rows(),
+                  [False] + [True] * 6),
+            _figure(out, "index_files/generalisation.png", plots.generalisation_steps(groups), "steps to generalise")]
+
+
+def write_index(out: Path, reports: list[RunReport], fitness: pl.DataFrame, notes: list[str],
+                configs: dict[str, dict] | None = None) -> Path:
     """Write ``out/index.html``: every run, and their reward axes side by side."""
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -213,6 +258,7 @@ def write_index(out: Path, reports: list[RunReport], fitness: pl.DataFrame, note
     if not fitness.is_empty():
         body += ["<h2>Reward axes across runs (EMA)</h2>",
                  _figure(out, "index_files/compare.png", plots.compare_runs(fitness), "runs compared")]
+    body += _grokking_comparison(out, reports, configs or {})
     path = out / "index.html"
     path.write_text(page("rg-tracer runs", "".join(body)), encoding="utf-8")
     return path

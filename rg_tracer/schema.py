@@ -31,6 +31,8 @@ __all__ = [
     "SCHEMA",
     "KINDS",
     "RL_KEYS",
+    "SAMPLE_KEYS",
+    "GENERATION_KEYS",
     "SchemaError",
     "upgrade",
     "validate",
@@ -44,8 +46,8 @@ KINDS = ("run", "step", "eval", "end")
 #: written as ``null`` only when a metric could not be computed).
 RL_KEYS = ("loss", "policy_loss", "kl", "clip_ratio", "lr", "grad_norm")
 
-_SAMPLE_KEYS = ("rewards", "tags", "verifier", "meta", "abstained")
-_GENERATION_KEYS = (
+SAMPLE_KEYS = ("rewards", "tags", "verifier", "meta", "abstained")
+GENERATION_KEYS = (
     "prompt_id",
     "completion_id",
     "prompt_tokens",
@@ -129,7 +131,7 @@ def _validate_step(record: dict) -> None:
         where = f"gepa[{i}]"
         if not isinstance(sample, dict):
             raise SchemaError(where, "expected an object")
-        for key in _SAMPLE_KEYS:
+        for key in SAMPLE_KEYS:
             if key not in sample:
                 raise SchemaError(f"{where}.{key}", "missing")
         for key in ("rewards", "tags", "verifier"):
@@ -140,7 +142,7 @@ def _validate_step(record: dict) -> None:
         where = f"generation[{i}]"
         if not isinstance(gen, dict):
             raise SchemaError(where, "expected an object")
-        for key in _GENERATION_KEYS:
+        for key in GENERATION_KEYS:
             if key not in gen:
                 raise SchemaError(f"{where}.{key}", "missing")
         _int(gen["prompt_tokens"], f"{where}.prompt_tokens")

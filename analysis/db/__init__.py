@@ -127,16 +127,16 @@ def ingest(
     if not runs_dir.is_dir():
         raise IngestError(f"{runs_dir} is not a directory; pass the directory your training runs write to")
     db_path = Path(db_path) if db_path is not None else runs_dir / DEFAULT_DB
+    if not discover_logs(runs_dir):  # before creating a database for nothing
+        raise IngestError(
+            f"no *.jsonl logs under {runs_dir}; point RUNS_DIR at the directory that holds your runs "
+            "(each run writes <run_dir>/train.jsonl)"
+        )
     con = connect(db_path)
     try:
         _prepare(con, runs_dir, db_path)
         states = _states(con)
         logs = discover_logs(runs_dir, {rel: s.run_id for rel, s in states.items()})
-        if not logs:
-            raise IngestError(
-                f"no *.jsonl logs under {runs_dir}; point RUNS_DIR at the directory that holds your runs "
-                "(each run writes <run_dir>/train.jsonl)"
-            )
         for log in logs:
             states.setdefault(log.rel_path, FileState(log.rel_path, log.run_id, str(log.path), str(log.run_dir)))
             states[log.rel_path].path, states[log.rel_path].run_dir = str(log.path), str(log.run_dir)

@@ -18,22 +18,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from rg_tracer.schema import RL_KEYS
+from rg_tracer.schema import GENERATION_KEYS, RL_KEYS, SAMPLE_KEYS
 
 __all__ = ["AXIS_FIELDS", "StepShape", "step_shape", "struct_ok"]
 
 #: record field -> ``sample_axes.kind``
 AXIS_FIELDS = {"rewards": "reward", "tags": "tag", "verifier": "verifier"}
 _NUMBER = {"UBIGINT", "BIGINT", "DOUBLE"}
-_GENERATION_KEYS = (
-    "prompt_id",
-    "completion_id",
-    "prompt_tokens",
-    "completion_tokens",
-    "truncated",
-    "completion",
-)
-_SAMPLE_KEYS = ("rewards", "tags", "verifier", "meta", "abstained")
 
 
 @dataclass
@@ -64,7 +55,7 @@ def _sample_shape(sample: object, upstream: bool, out: StepShape) -> bool:
         return True
     if not isinstance(sample, dict):
         return False
-    required = ("rewards",) if upstream else _SAMPLE_KEYS
+    required = ("rewards",) if upstream else SAMPLE_KEYS
     if any(key not in sample for key in required):
         return False
     for name in AXIS_FIELDS:
@@ -87,7 +78,7 @@ def _generation_shape(gen: object) -> bool:
         return True
     return (
         isinstance(gen, dict)
-        and all(key in gen for key in _GENERATION_KEYS)
+        and all(key in gen for key in GENERATION_KEYS)
         and gen["prompt_tokens"] == "UBIGINT"
         and gen["completion_tokens"] == "UBIGINT"
         and gen["completion"] == "VARCHAR"

@@ -113,7 +113,7 @@ class DAPOHybridTrainer:
         safety = self.dapo.safety_controller.state
         for key, value in state["safety"].items():
             setattr(safety, key, value)
-        self._mixer_checked = True
+        self._mixer_checked = self.step > self.config.sft_steps
 
     def _trainer_state(self) -> dict:
         return {

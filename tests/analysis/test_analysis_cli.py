@@ -77,3 +77,13 @@ def test_the_rg_tracer_cli_registers_both_commands():
 
     assert cli.commands["ingest"] is ingest_command
     assert cli.commands["analyze"] is analyze_command
+
+
+def test_analysis_imports_without_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['torch'] = None; import analysis, analysis.report, analysis.commands; "
+            "from analysis import open_runs, analyze_runs")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

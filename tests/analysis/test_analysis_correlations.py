@@ -9,7 +9,16 @@ import polars as pl
 import pytest
 from scipy import stats
 
-from analysis.correlations import bh_adjust, correlate, lagged_xcorr, lead_lag, pearson, spearman
+from analysis.correlations import (
+    ar_fit,
+    ar_residuals,
+    bh_adjust,
+    correlate,
+    lagged_xcorr,
+    lead_lag,
+    pearson,
+    spearman,
+)
 
 X = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
 Y = np.array([2.0, 4.0, 5.0, 4.0, 5.0])
@@ -73,26 +82,24 @@ def test_best_lag_sign_convention(lead):
     assert corr["metric"].to_list() == ["grad_norm", "lr"]  # aggregates of the axes are excluded
     g = corr.filter(pl.col("metric") == "grad_norm").row(0, named=True)
     assert g["best_lag"] == lead  # > 0: the metric's changes come first
-    assert g["lag_r"] == pytest.approx(1.0)
+    assert g["lag_r"] > 0.95  # (each series is prewhitened by its own AR fit)
     assert g["lag_p_adj"] < 1e-6
     assert corr.filter(pl.col("metric") == "lr")["best_lag"].to_list() == [None]  # constant: no lag
     assert xcorr.filter(pl.col("metric") == "grad_norm").height == 13
     summary = lead_lag(corr, "r")
     assert summary[0] == {"metric": "grad_norm", "axis": "quality", "best_lag": lead,
-                          "corr": pytest.approx(1.0), "p_adj": pytest.approx(0.0, abs=1e-6)}
+                          "corr": pytest.approx(1.0, abs=0.05), "p_adj": pytest.approx(0.0, abs=1e-6)}
 
 
 def test_gaps_are_not_bridged():
+    from analysis.correlations import _dense
+
     steps = np.array([1, 2, 3, 5, 6, 7, 8, 9])  # step 4 missing
-    axis = np.array([0.0, 1, 0, 5, 4, 6, 2, 3])
-    fit = pl.DataFrame({"run_id": "r", "kind": "reward", "axis": "a", "step": steps, "mean": axis})
-    metrics = pl.DataFrame({"run_id": "r", "step": steps, "metric": "kl", "value": axis * 2})
-    corr, xcorr = correlate(fit, metrics, max_lag=0)
-    row = corr.row(0, named=True)
-    assert row["n"] == 8 and row["pearson_r"] == pytest.approx(1.0)
-    assert row["diff_pearson_r"] == pytest.approx(1.0)
-    # steps 1..9 give 8 differences; the 2 that touch the missing step 4 are dropped
-    assert xcorr["n"].to_list() == [6]
+    frame = pl.DataFrame({"step": steps, "metric": "kl", "value": np.arange(8.0)})
+    dense = _dense(frame, "metric", "value", 1, 9)["kl"]
+    assert np.isnan(dense[3]) and dense[4] == 3.0  # aligned on step numbers, not positions
+    # 8 differences of steps 1..9, minus the 2 that touch step 4
+    assert pearson(np.diff(dense), np.diff(dense) ** 2)[2] == 6
 
 
 def test_ar_fit_recovers_an_ar2_and_residuals_by_hand():

@@ -142,6 +142,7 @@ def test_not_jsonl_and_missing_fields(runs_dir):
 def test_empty_runs_dir_is_a_clear_error(runs_dir):
     with pytest.raises(IngestError, match="no \\*.jsonl logs under"):
         ingest(runs_dir)
+    assert list(runs_dir.iterdir()) == []  # no database left behind
 
 
 def test_run_with_zero_steps(runs_dir):
