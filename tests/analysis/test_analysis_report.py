@@ -14,7 +14,7 @@ from analysis.db import _load
 
 def test_summary_json_finds_the_planted_structure(known_report):
     summary = json.loads((known_report["out"] / "exp1" / "summary.json").read_text())
-    assert set(summary) == {"run_id", "steps", "last_step", "status", "axes", "lead_lag"}
+    assert set(summary) == {"run_id", "steps", "last_step", "status", "axes", "lead_lag", "grokking"}
     assert summary["run_id"] == "exp1" and summary["steps"] == 240
     axes = summary["axes"]
     assert set(axes) == {"correctness", "format", "noise", "style", "tag/completion_length"}
@@ -88,8 +88,10 @@ def test_run_with_zero_steps_still_reports(tmp_path):
     write_log(runs / "fresh" / "train.jsonl", [run_record()])
     index = analyze_runs(runs, tmp_path / "out")
     page = (tmp_path / "out" / "fresh" / "index.html").read_text()
-    assert "No steps logged yet" in page
+    assert "No sampled completions yet" in page
     summary = json.loads((tmp_path / "out" / "fresh" / "summary.json").read_text())
+    assert summary["grokking"]["status"] == "no_evals"
+    del summary["grokking"]
     assert summary == {"run_id": "fresh", "steps": 0, "last_step": None, "status": "unfinished",
                        "axes": {}, "lead_lag": []}
     assert "fresh" in index.read_text()
