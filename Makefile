@@ -24,7 +24,7 @@ test: $(STAMP)
 
 # A longer experiment (15-20 min): memorise modular addition, then generalise (docs/grokking.md).
 grokking: $(STAMP)
-	test -f runs/grokking/data/train.jsonl || $(BIN)/rg-tracer data modular --p 23 --op + --train-frac 0.4 --seed 0 --out runs/grokking/data
+	test -f runs/grokking-data/train.jsonl || $(BIN)/rg-tracer data modular --p 23 --op + --train-frac 0.4 --seed 0 --out runs/grokking-data
 	test -d runs/grokking/model || $(BIN)/rg-tracer init-model runs/grokking/model --arch qwen2 --layers 1 --hidden 128 --heads 4
 	$(BIN)/rg-tracer train --config configs/grokking/mod23_add.yaml --overwrite
 	$(BIN)/rg-tracer analyze runs/grokking --out reports/grokking

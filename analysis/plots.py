@@ -280,9 +280,10 @@ def grokking_curves(evals: pl.DataFrame, metrics: pl.DataFrame, summary, axis: s
     fig, axes = _grid(2 if not norm.is_empty() else 1, ncols=1, height=2.8)
     ax = axes[0]
     last = int(curves["step"].max())
-    phases = [("memorisation", 0, summary.memorisation_step),
-              ("plateau", summary.memorisation_step, summary.rise_start_step),
-              ("transition", summary.rise_start_step, summary.rise_end_step)]
+    phases = [("memorisation", 0, summary.memorisation_step)]
+    if summary.status == "generalised":  # a rise that never reached the threshold is no transition
+        phases += [("plateau", summary.memorisation_step, summary.rise_start_step),
+                   ("transition", summary.rise_start_step, summary.rise_end_step)]
     for name, start, end in phases:
         if start is not None and end is not None and end > start:
             for a in axes:

@@ -128,8 +128,9 @@ def open_runs(
     """Open the runs under ``path`` (a runs directory or a ``.duckdb`` file).
 
     For a directory, new log lines are ingested first (``ingest_new=False``
-    skips that). Read-only by default so a notebook does not lock out
-    ``rg-tracer analyze``.
+    skips that). Read-only by default, but DuckDB still keeps other processes
+    from writing while it is open: ``close()`` it (or use ``with``) before running
+    ``rg-tracer ingest``/``analyze`` on the same database.
     """
     path = Path(path)
     if path.is_dir():

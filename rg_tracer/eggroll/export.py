@@ -45,10 +45,11 @@ def _run_info(runs, mixer_path: str | None) -> RunInfo:
     from rg_tracer.reward_mixer import load_reward_mixer
 
     fixed = load_reward_mixer(mixer_path) if mixer_path else None
-    rows = runs.sql(
+    rows = runs.sql(  # runs without samples (datasets, supervised-only logs) have no fitness: skipped
         """SELECT r.run_id, s.config, s.reward_weights FROM runs r LEFT JOIN (
                SELECT * FROM segments
-               QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY segment DESC) = 1) s USING (run_id)"""
+               QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY segment DESC) = 1) s USING (run_id)
+           WHERE coalesce(r.n_samples, 0) > 0"""
     ).iter_rows(named=True)
     info: RunInfo = {}
     for row in rows:
@@ -138,7 +139,9 @@ def fitness_table(samples: pl.DataFrame, axes: pl.DataFrame, info: RunInfo, *, b
     for _, part in indexed.group_by(["run_id", "shaping_scope"]):
         groups = part.group_by("step") if part["shaping_scope"][0] == "step" else [(None, part)]
         for _, group in groups:
-            shaped[group["_row"].to_numpy()] = shape_fitness(group["fitness_raw"].to_numpy(), shaping)
+            # Shape in float32, as the search did, so ties it saw stay ties here.
+            raw = group["fitness_raw"].to_numpy().astype(np.float32)
+            shaped[group["_row"].to_numpy()] = shape_fitness(raw, shaping)
     antithetic = [r for r in es_runs if info[r]["antithetic"]]
     weights = _weight_columns(units["run_id"], names, info)
     weight_columns = [w.name for w in weights]
