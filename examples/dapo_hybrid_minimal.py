@@ -1,12 +1,13 @@
 #!/usr/bin/env python
 """The trainer core in one screen: a tiny real model, the real DAPOTrainer, five steps.
 
-    python examples/dapo_hybrid_minimal.py      # writes examples/dapo_hybrid_minimal.jsonl
+    python examples/dapo_hybrid_minimal.py [LOG]   # default LOG: examples/dapo_hybrid_minimal.jsonl
 
 It wires the pieces that ``rg-tracer train`` wires for you (sample -> score ->
 GEPAFeedback -> DAPOTrainer.train_step -> JSONL), so you can see each contract.
 """
 
+import sys
 import tempfile
 from pathlib import Path
 
@@ -25,7 +26,7 @@ PROMPTS = [("2+3=", "5"), ("4+4=", "8"), ("1+6=", "7"), ("0+9=", "9")]
 LOG = Path(__file__).with_suffix(".jsonl")
 
 
-def main() -> None:
+def main(log_path: Path = LOG) -> None:
     torch.set_num_threads(1)
     quiet_transformers()
     model_dir = Path(tempfile.mkdtemp()) / "model"
@@ -41,8 +42,8 @@ def main() -> None:
         reward_mixer=RewardMixerConfig(weights={"correctness": 1.0, "format_penalty": -0.25}, normalize=False),
     )
     scorer, mapping = ArithmeticScorer(), FeedbackMappingConfig(tag_keys=("answer_length",))
-    LOG.unlink(missing_ok=True)
-    log = JsonlLogger(LOG)
+    log_path.unlink(missing_ok=True)
+    log = JsonlLogger(log_path)
     for step in range(1, 6):
         rollout = policy.sample([p for p, _ in PROMPTS], G, max_new_tokens=4)  # prompt-major groups
         refs = [{"id": f"p{i}", "task": "addition", "answer": a} for i, (_, a) in enumerate(PROMPTS) for _ in range(G)]
@@ -65,8 +66,8 @@ def main() -> None:
         print(f"step {step}: loss {result.metrics['loss/total']:.4f} "
               f"correct {sum(s['correctness'] for s in scores) / len(scores):.2f}")
     log.close()
-    print(f"log: {LOG}")
+    print(f"log: {log_path}")
 
 
 if __name__ == "__main__":
-    main()
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else LOG)

@@ -93,11 +93,14 @@ def test_seed_script_runs_with_the_seed_flags(tmp_path, tiny_model_dir):
     assert (tmp_path / "dapo_hybrid" / "train.jsonl").is_file()
 
 
-def test_minimal_example_writes_a_valid_log():
-    done = subprocess.run([sys.executable, "examples/dapo_hybrid_minimal.py"], cwd=REPO,
+def test_minimal_example_writes_a_valid_log(tmp_path):
+    import json
+
+    from rg_tracer.schema import validate
+
+    log = tmp_path / "minimal.jsonl"
+    done = subprocess.run([sys.executable, "examples/dapo_hybrid_minimal.py", str(log)], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    from rg_tracer.schema import validate
-    import json
-    lines = open(f"{REPO}/examples/dapo_hybrid_minimal.jsonl").read().splitlines()
+    lines = log.read_text().splitlines()
     assert [validate(json.loads(line))["step"] for line in lines] == [1, 2, 3, 4, 5]

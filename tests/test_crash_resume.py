@@ -1,7 +1,6 @@
 """SIGKILL a real training run at several points, resume, and compare with an unbroken run."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

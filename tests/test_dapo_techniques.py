@@ -1,6 +1,5 @@
 """DAPO-paper techniques around upstream's loss: hand-computed cases and tiny real runs."""
 
-import json
 import math
 
 import pytest

@@ -251,14 +251,18 @@ def test_open_runs_gives_dataframes(runs_dir):
             runs.write_table("runs", stats)
 
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "dapo_hybrid_minimal.jsonl"
+REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.skipif(not EXAMPLE.exists(), reason="examples/dapo_hybrid_minimal.jsonl not generated")
 def test_the_trainers_example_log_ingests_cleanly(runs_dir):
-    (runs_dir / "minimal").mkdir()
-    (runs_dir / "minimal" / "train.jsonl").write_bytes(EXAMPLE.read_bytes())
-    steps = sum(json.loads(line).get("kind") == "step" for line in EXAMPLE.read_text().splitlines() if line.strip())
+    import subprocess
+    import sys
+
+    example = runs_dir / "minimal" / "train.jsonl"
+    example.parent.mkdir()
+    subprocess.run([sys.executable, "examples/dapo_hybrid_minimal.py", str(example)], cwd=REPO, check=True,
+                   capture_output=True, timeout=300)
+    steps = sum(json.loads(line).get("kind") == "step" for line in example.read_text().splitlines() if line.strip())
     result = ingest(runs_dir)
     assert result.n_errors == 0
     assert q(result.db_path, "SELECT n_steps FROM runs") == [(steps,)]
