@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from rg_tracer.config import TrainConfig
-from rg_tracer.cli_options import options_from
+from rg_tracer.cli_options import config_from_cli, options_from
 from rg_tracer.errors import UserError
 from rg_tracer.models import quiet_transformers
 
@@ -55,12 +55,7 @@ def train_command(ctx: click.Context, config_file: str | None, **options) -> Non
             --output-dir runs/dapo_hybrid --batch-size 8 --group-size 8 --learning-rate 1e-3 \\
             --max-steps 200 --eval-every 50
     """
-    if config_file:
-        given = {k: v for k, v in options.items()
-                 if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
-        config = TrainConfig.from_file(config_file, **given)
-    else:
-        config = TrainConfig(**options)
+    config = config_from_cli(TrainConfig, ctx, config_file, options)
     quiet_transformers()
     from rg_tracer.dapo.dapo_hybrid_trainer import train
 

@@ -7,7 +7,7 @@ import typing
 
 import click
 
-__all__ = ["options_from"]
+__all__ = ["options_from", "config_from_file", "config_from_cli"]
 
 _TYPES = {int: int, float: float, str: str}
 
@@ -37,3 +37,35 @@ def options_from(config_cls):
         return command
 
     return decorate
+
+
+def config_from_file(cls, path: str, **overrides):
+    """``cls`` built from a YAML file (field names as keys), with ``overrides`` on top."""
+    import yaml
+
+    from rg_tracer.errors import UserError
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise UserError(f"--config {path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"--config {path}: expected a mapping of option -> value")
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in known:
+            raise UserError(f"--config {path}: unknown option {key!r}; options are the long flags with '_' for '-'")
+    try:
+        return cls(**{**data, **overrides})
+    except TypeError as exc:
+        raise UserError(f"--config {path}: {exc}") from None
+
+
+def config_from_cli(cls, ctx: click.Context, config_file: str | None, options: dict):
+    """The command's config: ``--config`` file values, overridden by flags given explicitly."""
+    if not config_file:
+        return cls(**options)
+    given = {k: v for k, v in options.items()
+             if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
+    return config_from_file(cls, config_file, **given)

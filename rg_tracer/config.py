@@ -8,7 +8,7 @@ Cross-field rules live in ``__post_init__`` and say the value, the rule and the 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 from rg_tracer.errors import UserError
 
@@ -112,20 +112,6 @@ class TrainConfig:
     @classmethod
     def from_file(cls, path: str, **overrides) -> "TrainConfig":
         """Options from a YAML file (field names as keys), then ``overrides`` on top."""
-        import yaml
+        from rg_tracer.cli_options import config_from_file
 
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = yaml.safe_load(f) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise UserError(f"--config {path}: {str(exc).splitlines()[0]}") from None
-        if not isinstance(data, dict):
-            raise UserError(f"--config {path}: expected a mapping of option -> value")
-        known = {f.name for f in fields(cls)}
-        for key in data:
-            if key not in known:
-                raise UserError(f"--config {path}: unknown option {key!r}; options are the long flags with '_' for '-'")
-        try:
-            return cls(**{**data, **overrides})
-        except TypeError as exc:
-            raise UserError(f"--config {path}: {exc}") from None
+        return config_from_file(cls, path, **overrides)

@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 from rg_tracer.errors import UserError
 
-__all__ = ["ARCHS", "TinyModelSpec", "init_model", "load_model", "quiet_transformers"]
+__all__ = ["ARCHS", "TinyModelSpec", "init_model", "load_model", "quiet_transformers", "resolve_device"]
 
 ARCHS = ("gpt2", "llama", "qwen2")
 
@@ -91,6 +91,21 @@ def init_model(out_dir: str | Path, spec: TinyModelSpec, alphabet: str | None = 
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return sum(p.numel() for p in model.parameters())
+
+
+def resolve_device(name: str):
+    """``auto`` (CUDA when present, else CPU) or a torch device name, checked."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise UserError(f"--device {name!r}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name!r} but no CUDA device is available; use --device cpu")
+    return device
 
 
 def quiet_transformers() -> None:

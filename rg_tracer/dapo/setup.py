@@ -18,7 +18,7 @@ from rg_tracer.config import TrainConfig
 from rg_tracer.data import Dataset, load_dataset, resolve_eval_path
 from rg_tracer.dapo.checkpoint import latest_checkpoint, read_trainer_state
 from rg_tracer.errors import UserError
-from rg_tracer.models import load_model
+from rg_tracer.models import load_model, resolve_device
 from rg_tracer.reward_mixer import load_reward_mixer
 from rg_tracer.scorers import load_scorer
 
@@ -59,20 +59,6 @@ def versions() -> dict:
     }
 
 
-def _device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise UserError(f"--device {name!r}: {exc}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name!r} but no CUDA device is available; use --device cpu")
-    return device
-
-
 def _run_dir_state(config: TrainConfig, run_dir: Path, log_path: Path) -> Path | None:
     """The checkpoint to resume from; refuses to touch an existing run unless told how."""
     has_run = log_path.exists() or (run_dir / "checkpoints").exists()
@@ -101,7 +87,7 @@ def prepare_run(config: TrainConfig) -> PreparedRun:
     eval_path = resolve_eval_path(config.dataset, config.eval_dataset)
     eval_set = load_dataset(eval_path) if eval_path else None
     scorer = load_scorer(config.scorer)
-    device = _device(config.device)
+    device = resolve_device(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
     source = str(checkpoint) if checkpoint else config.model

@@ -63,12 +63,9 @@ def eggroll_command(ctx: click.Context, config_file: str | None, **options) -> N
             --population 32 --rank 1 --sigma 0.05 --lr 10 --generations 200 --max-new-tokens 2
         rg-tracer eggroll --config configs/eggroll/demo.yaml --model runs/tiny
     """
-    if config_file:
-        given = {k: v for k, v in options.items()
-                 if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
-        config = EggrollConfig.from_file(config_file, **given)
-    else:
-        config = EggrollConfig(**options)
+    from rg_tracer.cli_options import config_from_cli
+
+    config = config_from_cli(EggrollConfig, ctx, config_file, options)
     quiet_transformers()
     from rg_tracer.eggroll.search import search
 

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 from rg_tracer.config import opt
 from rg_tracer.eggroll.shaping import SHAPINGS
@@ -100,20 +100,6 @@ class EggrollConfig:
     @classmethod
     def from_file(cls, path: str, **overrides) -> "EggrollConfig":
         """Options from a YAML file (field names as keys), then ``overrides`` on top."""
-        import yaml
+        from rg_tracer.cli_options import config_from_file
 
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = yaml.safe_load(f) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise UserError(f"--config {path}: {str(exc).splitlines()[0]}") from None
-        if not isinstance(data, dict):
-            raise UserError(f"--config {path}: expected a mapping of option -> value")
-        known = {f.name for f in fields(cls)}
-        for key in data:
-            if key not in known:
-                raise UserError(f"--config {path}: unknown option {key!r}; options are the long flags with '_' for '-'")
-        try:
-            return cls(**{**data, **overrides})
-        except TypeError as exc:
-            raise UserError(f"--config {path}: {exc}") from None
+        return config_from_file(cls, path, **overrides)

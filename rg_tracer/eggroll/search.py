@@ -41,7 +41,7 @@ from rg_tracer.eggroll.lowrank import Layer, Population, check_rank, es_update, 
 from rg_tracer.eggroll.members import MemberEval, evaluate_members
 from rg_tracer.eggroll.shaping import shape_fitness
 from rg_tracer.errors import UserError
-from rg_tracer.models import load_model
+from rg_tracer.models import load_model, resolve_device
 from rg_tracer.reward_mixer import check_overlap, load_reward_mixer
 from rg_tracer.scorers import load_scorer, run_scorer
 
@@ -80,18 +80,6 @@ class EggrollRun:
     log_path: Path
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise UserError(f"--device {name!r}: {exc}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name!r} but no CUDA device is available; use --device cpu")
-    return device
-
-
 def prepare(config: EggrollConfig) -> EggrollRun:
     """Load and check every input; raise :class:`UserError` before touching the run directory."""
     run_dir = Path(config.output_dir)
@@ -106,7 +94,7 @@ def prepare(config: EggrollConfig) -> EggrollRun:
     eval_set = load_dataset(eval_path) if eval_path else None
     scorer = load_scorer(config.scorer)
     mapping = getattr(scorer, "feedback_mapping", None) or FeedbackMappingConfig()
-    device = _device(config.device)
+    device = resolve_device(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
     model, tokenizer = load_model(config.model, trust_remote_code=config.trust_remote_code)
