@@ -72,3 +72,26 @@ def test_log_writer_round_trip(tmp_path_factory, gepa, rl, completions):
     lines = path.read_text(encoding="utf-8").splitlines()
     assert len(lines) == 1
     assert validate(json.loads(lines[0])) == json.loads(json.dumps(written))
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.lists(st.dictionaries(keys, finite, min_size=1, max_size=3), min_size=1, max_size=4),
+       st.lists(st.text(max_size=30), min_size=4, max_size=4))
+def test_log_writer_to_ingest_round_trip(tmp_path_factory, reward_rows, completions):
+    from analysis import open_runs
+
+    runs = tmp_path_factory.mktemp("runs")
+    logger = JsonlLogger(runs / "r" / "train.jsonl")
+    logger.write("run", config={}, versions={}, model={}, dataset={}, seed=0, resumed_from_step=None)
+    gepa = [{"rewards": r, "tags": {}, "verifier": {}, "meta": {"task_id": "t", "prompt_id": f"p{i}"},
+             "abstained": False} for i, r in enumerate(reward_rows)]
+    generation = [{"prompt_id": f"p{i}", "completion_id": f"p{i}#0", "prompt_tokens": 1, "completion_tokens": 1,
+                   "truncated": False, "completion": completions[i]} for i in range(len(gepa))]
+    logger.write("step", step=1, rl=dict.fromkeys(RL_KEYS, 0.5), gepa=gepa, generation=generation,
+                 curriculum={}, safety={})
+    logger.close()
+    with open_runs(runs) as db:
+        axes = db.sql("SELECT sample_idx, axis, value FROM sample_axes WHERE kind = 'reward'").rows()
+        texts = db.sql("SELECT sample_idx, completion FROM samples ORDER BY sample_idx").rows()
+    assert sorted(axes) == sorted((i, k, v) for i, r in enumerate(reward_rows) for k, v in r.items())
+    assert texts == [(i, completions[i]) for i in range(len(gepa))]
