@@ -22,7 +22,7 @@ def opt(default, help: str, **extra):
 @dataclass(frozen=True)
 class TrainConfig:
     model: str = opt(None, "Hub name or local directory of a causal LM (build one with `rg-tracer init-model`). Required.")
-    dataset: str = opt(None, "Training JSONL with 'prompt' and 'answer' per line. Required.")
+    dataset: str = opt(None, "Training JSONL with 'prompt' and 'answer' per line (or a directory holding train.jsonl). Required.")
     eval_dataset: str | None = opt(None, "Held-out JSONL for --eval-every (default: <dataset stem>_test.jsonl beside it, if present).")
     output_dir: str = opt("runs/dapo_hybrid", "Run directory: train.jsonl and checkpoints/ go here.")
     scorer: str = opt("arithmetic", "Built-in scorer name or 'package.module:Class'.")
