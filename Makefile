@@ -22,7 +22,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2
 
-# A longer experiment (15-20 min): memorise modular addition, then generalise (docs/grokking.md).
+# A longer experiment (about 12 min): memorise modular addition, then generalise (docs/grokking.md).
 grokking: $(STAMP)
 	test -f runs/grokking-data/train.jsonl || $(BIN)/rg-tracer data modular --p 23 --op + --train-frac 0.4 --seed 0 --out runs/grokking-data
 	test -d runs/grokking/model || $(BIN)/rg-tracer init-model runs/grokking/model --arch qwen2 --layers 1 --hidden 128 --heads 4
