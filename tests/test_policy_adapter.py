@@ -103,3 +103,23 @@ def test_char_tokenizer_round_trips_after_loading(tmp_path, arch):
     assert tokenizer.tokenize("12+5 =") == ["12", "+", "5", " ", "="]
     assert tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"]) == text
     assert tokenizer.padding_side == "left" and tokenizer.pad_token_id != tokenizer.eos_token_id
+
+
+@pytest.mark.parametrize("greedy, temperature", [(False, 1.0), (False, 2.5), (True, 1.0)])
+def test_cached_decode_gives_generates_tokens(policy, greedy, temperature):
+    from rg_tracer.dapo.decode import cached_decode, supports_cached_decode
+
+    assert supports_cached_decode(policy.model)
+    tok = policy.tokenizer
+    enc = tok(["1+2=", "13+24=", "5=", "99+1="], return_tensors="pt", padding=True, add_special_tokens=False)
+    ids, mask = enc["input_ids"].repeat_interleave(2, 0), enc["attention_mask"].repeat_interleave(2, 0)
+    torch.manual_seed(3)
+    ours = cached_decode(policy.model, ids, mask, 24, tok.eos_token_id, tok.pad_token_id, temperature, greedy)
+    torch.manual_seed(3)
+    sampling = {"do_sample": False} if greedy else {"do_sample": True, "temperature": temperature, "top_k": 0,
+                                                     "top_p": 1.0}
+    with torch.no_grad():
+        theirs = policy.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=24,
+                                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                                       **sampling)[:, ids.shape[1]:]
+    assert torch.equal(ours, theirs)

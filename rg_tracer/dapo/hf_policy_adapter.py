@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from gepa_dapo_grn.policy_interfaces import Policy, PolicyOutput
 
+from rg_tracer.dapo.decode import cached_decode, supports_cached_decode
+
 __all__ = ["HFPolicyAdapter", "Rollout"]
 
 
@@ -74,6 +76,7 @@ class HFPolicyAdapter(Policy):
         self.tokenizer = tokenizer
         self.model.eval()
         self._keep_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self._cached_decode = supports_cached_decode(model)
         self.last_entropy: float | None = None
         self.last_logprobs: torch.Tensor | None = None
         self._primed: tuple | None = None
@@ -150,6 +153,10 @@ class HFPolicyAdapter(Policy):
         enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         prompt_ids = enc["input_ids"].to(self.device).repeat_interleave(group_size, dim=0)
         prompt_mask = enc["attention_mask"].to(self.device).repeat_interleave(group_size, dim=0)
+        if self._cached_decode:
+            actions = cached_decode(self.model, prompt_ids, prompt_mask, max_new_tokens, tok.eos_token_id,
+                                    tok.pad_token_id, temperature, greedy)
+            return self._rollout(prompt_ids, prompt_mask, actions)
         sampling = {"do_sample": False} if greedy else {
             "do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0,
         }
