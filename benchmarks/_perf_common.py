@@ -142,6 +142,27 @@ def wrap_generate(model, phases: Phases, eos_id: int, pad_id: int) -> None:
     model.generate = generate
 
 
+def wrap_cached_decode(phases: Phases, eos_id: int, pad_id: int) -> None:
+    """The same timing and counts for rg-tracer's own sampling loop (``rg_tracer.dapo.decode``)."""
+    import rg_tracer.dapo.hf_policy_adapter as adapter
+
+    original = adapter.cached_decode
+
+    def cached_decode(model, input_ids, *args, **kwargs):
+        t0, c0 = time.perf_counter(), time.thread_time()
+        new = original(model, input_ids, *args, **kwargs)
+        phases.add("generate", time.perf_counter() - t0, time.thread_time() - c0)
+        phases.count("gen_calls", 1)
+        phases.count("sequences", new.shape[0])
+        phases.count("new_tokens", new.numel())
+        phases.count("eos_tokens", int((new == eos_id).sum()))
+        phases.count("pad_tokens", int((new == pad_id).sum()) if pad_id != eos_id else 0)
+        phases.count("prompt_width", input_ids.shape[1])
+        return new
+
+    adapter.cached_decode = cached_decode
+
+
 # -- memory -----------------------------------------------------------------------
 def rss_mib() -> float:
     with open("/proc/self/status") as f:

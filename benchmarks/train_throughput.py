@@ -85,6 +85,7 @@ def worker_ours(a) -> dict:
 
     phases = pc.Phases()
     pc.wrap_generate(model, phases, tok.eos_token_id, tok.pad_token_id)
+    pc.wrap_cached_decode(phases, tok.eos_token_id, tok.pad_token_id)
     phases.wrap(trainer.sampler, "sample", "sample_and_score")
     phases.wrap(trainer, "_update", "update")
     phases.wrap(trainer.policy, "score_for_update", "forward")

@@ -48,9 +48,12 @@ def cached_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
         tokens = input_ids.new_full((b, max_new_tokens), pad_token_id)
         done = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
         position = position_ids[:, -1:]
+        min_new = getattr(model.generation_config, "min_new_tokens", None) or 0  # honoured as generate does
         n = 0
         for t in range(max_new_tokens):
             logits = out.logits[:, -1].float()
+            if t < min_new:
+                logits[:, eos_token_id] = float("-inf")
             if greedy:
                 nxt = logits.argmax(-1)
             else:
