@@ -39,6 +39,7 @@ from rg_tracer.dapo.checkpoint import load_extra_tensors, load_optimizer_state, 
 from rg_tracer.dapo.feedback_adapter import FeedbackMappingConfig
 from rg_tracer.dapo.hf_policy_adapter import HFPolicyAdapter
 from rg_tracer.dapo.diagnostics import SlowGradient, weight_norms
+from rg_tracer.dapo.evaluation import evaluate_splits
 from rg_tracer.dapo.logging import JsonlLogger, drop_torn_tail
 from rg_tracer.dapo.objective import (
     clip_fraction, group_advantages, loss_correction, mixed_rewards, zero_variance_groups,
@@ -47,7 +48,6 @@ from rg_tracer.dapo.optim import ClippingOptimizer
 from rg_tracer.dapo.sampling import GroupSampler, ScoredBatch, seed_for
 from rg_tracer.dapo.setup import PreparedRun, prepare_run, versions
 from rg_tracer.reward_mixer import check_overlap
-from rg_tracer.scorers import run_scorer
 
 __all__ = ["DAPOHybridTrainer", "train"]
 
@@ -243,26 +243,12 @@ class DAPOHybridTrainer:
 
     # -- evaluation ---------------------------------------------------------------
     def evaluate(self, step: int) -> list[dict]:
-        records = []
-        splits = [("test", self.run.eval)] if self.run.eval else []
-        splits.append(("train", self.run.train))
-        for split, dataset in splits:
-            examples = list(dataset.examples)
-            if split == "train":
-                random.Random(seed_for(self.config.seed, 0, salt=2)).shuffle(examples)
-            if self.config.eval_samples:
-                examples = examples[: self.config.eval_samples]
-            sums: dict[str, float] = {}
-            for start in range(0, len(examples), 64):
-                chunk = examples[start:start + 64]
-                rollout = self.policy.sample([e.prompt for e in chunk], 1, self.config.max_new_tokens, greedy=True)
-                scores = run_scorer(self.run.scorer, [e.prompt for e in chunk], rollout.completions, [e.row for e in chunk])
-                for row in scores:
-                    for key, value in row.items():
-                        sums[key] = sums.get(key, 0.0) + value
-            metrics = {k: v / len(examples) for k, v in sums.items()}
-            records.append(self.logger.write("eval", step=step, split=split, n=len(examples), metrics=metrics))
-        return records
+        """Greedy evaluation on the held-out split and a train sample: one ``eval`` record each."""
+        results = evaluate_splits(self.policy, self.run.scorer, self.run.train, self.run.eval,
+                                  max_new_tokens=self.config.max_new_tokens, eval_samples=self.config.eval_samples,
+                                  train_order_seed=seed_for(self.config.seed, 0, salt=2))
+        return [self.logger.write("eval", step=step, split=split, n=n, metrics=metrics)
+                for split, n, metrics in results]
 
     # -- the loop -----------------------------------------------------------------
     def _request_stop(self, signum, frame) -> None:

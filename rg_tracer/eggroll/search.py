@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from rg_tracer.dapo.feedback_adapter import FeedbackMappingConfig
 from rg_tracer.dapo.hf_policy_adapter import HFPolicyAdapter
+from rg_tracer.dapo.evaluation import evaluate_splits
 from rg_tracer.dapo.logging import JsonlLogger
 from rg_tracer.data import Dataset, load_dataset, resolve_eval_path
 from rg_tracer.eggroll.config import EggrollConfig
@@ -43,7 +44,7 @@ from rg_tracer.eggroll.shaping import shape_fitness
 from rg_tracer.errors import UserError
 from rg_tracer.models import load_model, resolve_device
 from rg_tracer.reward_mixer import check_overlap, load_reward_mixer
-from rg_tracer.scorers import load_scorer, run_scorer
+from rg_tracer.scorers import load_scorer
 
 __all__ = ["EggrollRun", "EggrollSearch", "es_step", "prepare", "search"]
 
@@ -179,25 +180,12 @@ class EggrollSearch:
         )
 
     def evaluate(self, generation: int) -> list[dict]:
-        """Greedy held-out evaluation of the unperturbed weights, the trainer's ``eval`` records."""
-        records = []
-        splits = ([("test", self.run.eval)] if self.run.eval else []) + [("train", self.run.train)]
-        for split, dataset in splits:
-            examples = list(dataset.examples)
-            if split == "train":
-                random.Random(mix_seed(self.config.seed, 0, 2)).shuffle(examples)
-            examples = examples[: self.config.eval_samples or None]
-            sums: dict[str, float] = {}
-            for start in range(0, len(examples), 64):
-                chunk = examples[start:start + 64]
-                rollout = self.policy.sample([e.prompt for e in chunk], 1, self.config.max_new_tokens, greedy=True)
-                for row in run_scorer(self.run.scorer, [e.prompt for e in chunk], rollout.completions,
-                                      [e.row for e in chunk]):
-                    for key, value in row.items():
-                        sums[key] = sums.get(key, 0.0) + value
-            metrics = {k: v / len(examples) for k, v in sums.items()}
-            records.append(self.logger.write("eval", step=generation, split=split, n=len(examples), metrics=metrics))
-        return records
+        """Greedy evaluation on the held-out split and a train sample: one ``eval`` record each."""
+        results = evaluate_splits(self.policy, self.run.scorer, self.run.train, self.run.eval,
+                                  max_new_tokens=self.config.max_new_tokens, eval_samples=self.config.eval_samples,
+                                  train_order_seed=mix_seed(self.config.seed, 0, 2))
+        return [self.logger.write("eval", step=generation, split=split, n=n, metrics=metrics)
+                for split, n, metrics in results]
 
     def _request_stop(self, signum, frame) -> None:
         if self._stop_requested:
