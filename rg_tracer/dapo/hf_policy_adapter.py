@@ -78,7 +78,6 @@ class HFPolicyAdapter(Policy):
         self._keep_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
         self._cached_decode = supports_cached_decode(model)
         self.last_entropy: float | None = None
-        self.last_logprobs: torch.Tensor | None = None
         self._primed: tuple | None = None
 
     @property
@@ -120,10 +119,9 @@ class HFPolicyAdapter(Policy):
         return logp, entropy
 
     def logprobs_with_entropy(self, actions: torch.Tensor, **inputs: torch.Tensor):
-        """``(logp, entropy)`` with gradients; records them as ``last_logprobs``/``last_entropy``."""
+        """``(logp, entropy)`` with gradients; records the entropy as ``last_entropy``."""
         logp, entropy = self._logprobs_and_entropy(actions, inputs)
         self.last_entropy = float(entropy.detach())
-        self.last_logprobs = logp.detach()
         return logp, entropy
 
     def _logprobs_and_entropy(self, actions: torch.Tensor, inputs: dict):
