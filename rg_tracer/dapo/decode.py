@@ -6,9 +6,10 @@ on every token. This loop does prefill (``logits_to_keep=1``), then one forward 
 ``softmax(logits / T)`` -> ``torch.multinomial`` (the same draws in the same order as
 ``generate(do_sample=True, top_k=0, top_p=1.0)``, so the tokens are identical for a given
 seed; ``argmax`` when greedy), pads after EOS and stops once every row has finished.
-Measured 1.56x faster generation on the 137k-parameter benchmark model
-(``benchmarks/RESULTS.md``). Other model families, and transformers before 5, keep
-``generate``.
+Llama and Qwen2 models take each token through :class:`~rg_tracer.dapo.llama_step.LlamaStep`
+(the same arithmetic without the modules' overhead); GPT-2 through the model's forward.
+Measured against ``generate`` on the benchmark models: ``benchmarks/RESULTS.md``. Other
+model families, and transformers before 5, keep ``generate``.
 """
 
 from __future__ import annotations
@@ -18,15 +19,20 @@ import inspect
 import torch
 import transformers
 
+from rg_tracer.dapo.llama_step import LlamaStep, supports_llama_step
+
 __all__ = ["supports_cached_decode", "cached_decode"]
 
 _FAMILIES = ("gpt2", "llama", "qwen2")
 
 
 def supports_cached_decode(model) -> bool:
+    """Our families on transformers >= 5, full attention only: a sliding-window cache keeps
+    fewer keys than this loop's per-token padding mask covers."""
     params = inspect.signature(model.forward).parameters
+    full_attention = all(kind == "full_attention" for kind in (getattr(model.config, "layer_types", None) or []))
     return (getattr(model.config, "model_type", None) in _FAMILIES and "logits_to_keep" in params
-            and int(transformers.__version__.split(".")[0]) >= 5)
+            and full_attention and int(transformers.__version__.split(".")[0]) >= 5)
 
 
 def cached_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
@@ -43,6 +49,8 @@ def cached_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
         padded = not bool(attention_mask.all())
         out = model(input_ids=input_ids, attention_mask=attention_mask if padded else None,
                     position_ids=position_ids, use_cache=True, logits_to_keep=1, **{cache_kw: cache})
+        logits = out.logits[:, -1]
+        llama = LlamaStep(model, cache, attention_mask, max_new_tokens) if supports_llama_step(model) else None
         keys = torch.cat([attention_mask.bool(),
                           torch.ones(b, max_new_tokens, dtype=torch.bool, device=input_ids.device)], 1)
         tokens = input_ids.new_full((b, max_new_tokens), pad_token_id)
@@ -51,13 +59,14 @@ def cached_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
         min_new = getattr(model.generation_config, "min_new_tokens", None) or 0  # honoured as generate does
         n = 0
         for t in range(max_new_tokens):
-            logits = out.logits[:, -1].float()
+            logits = logits.float()
             if t < min_new:
                 logits[:, eos_token_id] = float("-inf")
             if greedy:
                 nxt = logits.argmax(-1)
             else:
-                nxt = torch.multinomial(torch.softmax(logits / temperature, -1), 1).squeeze(1)
+                scaled = logits if temperature == 1.0 else logits / temperature  # x / 1.0 == x exactly
+                nxt = torch.multinomial(torch.softmax(scaled, -1), 1).squeeze(1)
             nxt = nxt.masked_fill(done, pad_token_id)
             tokens[:, t] = nxt
             n = t + 1
@@ -65,7 +74,10 @@ def cached_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
             if n == max_new_tokens or bool(done.all()):
                 break
             position = position + 1
+            if llama is not None:
+                logits = llama(nxt)
+                continue
             mask = keys[:, None, None, : p + n] if padded else None  # one query sees every real key
-            out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=position, use_cache=True,
-                        **{cache_kw: cache})
+            logits = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=position, use_cache=True,
+                           **{cache_kw: cache}).logits[:, -1]
     return tokens[:, :n].clone()  # a normal tensor: the training forward saves these ids

@@ -1,0 +1,146 @@
+"""A one-token decode step for Llama-family models (Llama, Qwen2) as plain tensor ops.
+
+Why it exists: on a CPU, a small model's decode step through the Hugging Face modules is
+mostly dispatch overhead, not arithmetic (4.2M-parameter Qwen2, 16 rows: 4.9 ms a token
+through the modules, 2.9 ms here; 137k parameters: 1.0 vs 0.45 ms). The arithmetic is
+the model's own, with its weights, in its dtype; what differs:
+
+1. q/k/v and gate/up are one matmul each; on CPU the weights are also transposed once per
+   sampling call, since (K, N)-layout GEMMs with 16 rows ran ~1.7x faster than ``F.linear``.
+   That copy costs one set of layer weights while sampling, so other devices use views.
+2. The KV cache is preallocated for the whole completion and written in place.
+3. Attention for a single query is two batched matmuls with grouped query heads; the
+   fused SDPA kernel cost 4x that for one query on CPU.
+4. The prompt's prefill still runs through the model (``cached_decode``); its cache seeds ours.
+
+Supported: ``model_type`` llama or qwen2 with full (not sliding-window) attention and a
+rotary embedding whose frequencies do not depend on the sequence length. Anything else
+uses the model's own forward (:func:`supports_llama_step` says which).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["LlamaStep", "supports_llama_step"]
+
+_STATIC_ROPE = ("default", "linear", "llama3", "yarn")
+
+
+def supports_llama_step(model) -> bool:
+    config = model.config
+    if getattr(config, "model_type", None) not in ("llama", "qwen2"):
+        return False
+    if any(kind != "full_attention" for kind in (getattr(config, "layer_types", None) or [])):
+        return False
+    rotary = getattr(getattr(model, "model", None), "rotary_emb", None)
+    return getattr(rotary, "rope_type", None) in _STATIC_ROPE and getattr(config, "pretraining_tp", 1) == 1
+
+
+def _pack(weights: list[torch.Tensor], transpose_copy: bool) -> torch.Tensor:
+    """(in, out) matrix for ``x @ w`` from ``nn.Linear`` weights stacked along out."""
+    stacked = weights[0] if len(weights) == 1 else torch.cat(weights)
+    return stacked.t().contiguous() if transpose_copy else stacked.t()
+
+
+def _bias(*linears) -> torch.Tensor | None:
+    biases = [lin.bias for lin in linears]
+    return None if biases[0] is None else torch.cat(biases)
+
+
+def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    return x @ w if b is None else torch.addmm(b, x, w)
+
+
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """``Qwen2RMSNorm`` / ``LlamaRMSNorm``, casts included (fp32: the fused op, bit-equal)."""
+    if x.dtype == torch.float32:
+        return F.rms_norm(x, weight.shape, weight, eps)
+    x32 = x.to(torch.float32)
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(x.dtype)
+
+
+class LlamaStep:
+    """Callable ``tokens (B,) -> logits (B, V)`` for the next position; one call per new token.
+
+    Built after the prefill from the model and its filled ``DynamicCache``, which it copies
+    into its own. ``key_mask`` (B, P) marks the real prompt tokens (left padding); the
+    position of each row's next token follows from it, so rotary tables are built once.
+    """
+
+    def __init__(self, model, cache, key_mask: torch.Tensor, max_new_tokens: int) -> None:
+        config, core = model.config, model.model
+        first = core.layers[0].self_attn
+        self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim, self.scaling = first.head_dim, first.scaling
+        self.embed = core.embed_tokens.weight
+        copy = self.embed.device.type == "cpu"
+        b, p = key_mask.shape
+        self.rows, self.filled = b, p
+        self.layers, self.keys, self.values = [], [], []
+        for i, layer in enumerate(core.layers):
+            attn, mlp = layer.self_attn, layer.mlp
+            self.layers.append((
+                layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon,
+                _pack([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight], copy),
+                _bias(attn.q_proj, attn.k_proj, attn.v_proj),
+                _pack([attn.o_proj.weight], copy), attn.o_proj.bias,
+                layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon,
+                _pack([mlp.gate_proj.weight, mlp.up_proj.weight], copy), _bias(mlp.gate_proj, mlp.up_proj),
+                _pack([mlp.down_proj.weight], copy), mlp.down_proj.bias,
+                F.silu if config.hidden_act == "silu" else mlp.act_fn,
+            ))
+            k, v = cache.layers[i].keys, cache.layers[i].values  # (B, kv_heads, P, head_dim)
+            keys = k.new_empty(b, self.kv_heads, p + max_new_tokens, self.head_dim)
+            values = v.new_empty(keys.shape)
+            keys[:, :, :p], values[:, :, :p] = k, v
+            self.keys.append(keys)
+            self.values.append(values)
+        self.norm, self.norm_eps = core.norm.weight, core.norm.variance_epsilon
+        head = model.get_output_embeddings()
+        self.lm_head, self.lm_bias = _pack([head.weight], copy), head.bias
+        self._rotary_tables(core.rotary_emb, key_mask, max_new_tokens)
+        keys_seen = torch.cat([key_mask.bool(), key_mask.new_ones(b, max_new_tokens, dtype=torch.bool)], 1)
+        bias = torch.zeros(keys_seen.shape, dtype=self.embed.dtype, device=keys_seen.device)
+        bias.masked_fill_(~keys_seen, float("-inf"))  # (B, P + n): -inf on padding keys
+        self.key_bias = bias.repeat_interleave(self.kv_heads, 0)[:, None]  # (B * kv_heads, 1, P + n)
+
+    def _rotary_tables(self, rotary, key_mask: torch.Tensor, steps: int) -> None:
+        """cos and sign-folded sin for every step, (n, B, 1, head_dim), as the model computes them."""
+        first = key_mask.sum(-1)  # position of each row's first new token
+        positions = first[None, :] + torch.arange(steps, device=key_mask.device)[:, None]  # (n, B)
+        freqs = positions[..., None].float() * rotary.inv_freq.float()
+        angles = torch.cat([freqs, freqs], -1)
+        half = self.head_dim // 2
+        sign = torch.ones(self.head_dim, dtype=self.embed.dtype, device=angles.device)
+        sign[:half] = -1.0  # rotate_half(x) * sin == roll(x, half) * (sign * sin)
+        self.cos = (angles.cos() * rotary.attention_scaling).to(self.embed.dtype)[:, :, None]
+        self.sin = ((angles.sin() * rotary.attention_scaling).to(self.embed.dtype) * sign)[:, :, None]
+        self.step = 0
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        b, dt, heads, kv_heads, head_dim = self.rows, self.embed.dtype, self.heads, self.kv_heads, self.head_dim
+        n_q, n_kv = heads * head_dim, kv_heads * head_dim
+        c, cos, sin = self.filled, self.cos[self.step], self.sin[self.step]  # cache slot; (B, 1, head_dim)
+        self.filled, self.step = c + 1, self.step + 1
+        bias = self.key_bias[..., :c + 1]
+        x = F.embedding(tokens, self.embed)  # (B, H)
+        for i, (ln1, eps1, w_qkv, b_qkv, w_o, b_o, ln2, eps2, w_gu, b_gu, w_d, b_d, act) in enumerate(self.layers):
+            qkv = _linear(_rms_norm(x, ln1, eps1), w_qkv, b_qkv)  # (B, n_q + 2 n_kv)
+            qk = qkv[:, :n_q + n_kv].view(b, heads + kv_heads, head_dim)
+            qk = qk * cos + torch.roll(qk, head_dim // 2, -1) * sin
+            keys, values = self.keys[i], self.values[i]  # (B, kv_heads, P + n, head_dim)
+            keys[:, :, c] = qk[:, heads:]
+            values[:, :, c] = qkv[:, n_q + n_kv:].view(b, kv_heads, head_dim)
+            q = qk[:, :heads].reshape(b * kv_heads, heads // kv_heads, head_dim)
+            seen_k = keys.view(b * kv_heads, -1, head_dim)[:, :c + 1]
+            seen_v = values.view(b * kv_heads, -1, head_dim)[:, :c + 1]
+            scores = torch.baddbmm(bias, q, seen_k.transpose(1, 2), alpha=self.scaling)  # (B kv, group, c+1)
+            probs = torch.softmax(scores, -1) if dt == torch.float32 else torch.softmax(scores.float(), -1).to(dt)
+            x = x + _linear(torch.bmm(probs, seen_v).view(b, n_q), w_o, b_o)
+            gate_up = _linear(_rms_norm(x, ln2, eps2), w_gu, b_gu)
+            half = gate_up.shape[-1] // 2
+            x = x + _linear(act(gate_up[:, :half]) * gate_up[:, half:], w_d, b_d)
+        return _linear(_rms_norm(x, self.norm, self.norm_eps), self.lm_head, self.lm_bias)
