@@ -88,3 +88,22 @@ def test_sliding_window_models_sample_through_generate(tiny_model_dir):
 def test_gpt2_is_not_a_llama():
     config = tf.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=1, n_head=2)
     assert not supports_llama_step(tf.AutoModelForCausalLM.from_config(config))
+
+
+def test_wrapped_or_hooked_modules_keep_the_models_forward():
+    """A LoRA/quantisation wrapper or a hook must not be bypassed by the plain-ops step."""
+    model = _model("qwen2-gqa")
+    assert supports_llama_step(model)
+    handle = model.model.layers[0].mlp.register_forward_hook(lambda *args: None)
+    assert not supports_llama_step(model)
+    handle.remove()
+    assert supports_llama_step(model)
+
+    class Wrapped(torch.nn.Linear):
+        pass
+
+    proj = model.model.layers[1].self_attn.v_proj
+    wrapped = Wrapped(proj.in_features, proj.out_features, bias=proj.bias is not None)
+    wrapped.load_state_dict(proj.state_dict())
+    model.model.layers[1].self_attn.v_proj = wrapped
+    assert not supports_llama_step(model)

@@ -13,9 +13,9 @@ the model's own, with its weights, in its dtype; what differs:
    fused SDPA kernel cost 4x that for one query on CPU.
 4. The prompt's prefill still runs through the model (``cached_decode``); its cache seeds ours.
 
-Supported: ``model_type`` llama or qwen2 with full (not sliding-window) attention and a
-rotary embedding whose frequencies do not depend on the sequence length. Anything else
-uses the model's own forward (:func:`supports_llama_step` says which).
+Supported: ``model_type`` llama or qwen2 with full (not sliding-window) attention, a
+rotary embedding whose frequencies do not depend on the sequence length, and unwrapped,
+hook-free modules. Anything else uses the model's own forward (:func:`supports_llama_step`).
 """
 
 from __future__ import annotations
@@ -29,13 +29,29 @@ _STATIC_ROPE = ("default", "linear", "llama3", "yarn")
 
 
 def supports_llama_step(model) -> bool:
+    """Llama/Qwen2 with full attention, a static rotary table and plain modules.
+
+    Plain: every projection is exactly ``nn.Linear`` and no module has hooks, so a LoRA or
+    quantisation wrapper, an accelerate offload hook or a user's hook keeps the model's own
+    forward instead of being silently bypassed.
+    """
     config = model.config
     if getattr(config, "model_type", None) not in ("llama", "qwen2"):
         return False
     if any(kind != "full_attention" for kind in (getattr(config, "layer_types", None) or [])):
         return False
     rotary = getattr(getattr(model, "model", None), "rotary_emb", None)
-    return getattr(rotary, "rope_type", None) in _STATIC_ROPE and getattr(config, "pretraining_tp", 1) == 1
+    if getattr(rotary, "rope_type", None) not in _STATIC_ROPE or getattr(config, "pretraining_tp", 1) != 1:
+        return False
+    for module in model.modules():
+        if module._forward_hooks or module._forward_pre_hooks or hasattr(module, "_hf_hook"):
+            return False
+    for layer in model.model.layers:
+        linears = [layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
+                   layer.self_attn.o_proj, layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj]
+        if any(type(linear) is not torch.nn.Linear for linear in linears):
+            return False
+    return type(model.get_output_embeddings()) is torch.nn.Linear
 
 
 def _pack(weights: list[torch.Tensor], transpose_copy: bool) -> torch.Tensor:
