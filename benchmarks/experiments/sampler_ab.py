@@ -1,9 +1,11 @@
 #!/usr/bin/env python
-"""Generation alone: ``model.generate`` vs the proposed lean loop, interleaved in one process.
+"""Generation alone: ``model.generate`` vs lean sampling loops, interleaved in one process.
 
     .venv/bin/python benchmarks/experiments/sampler_ab.py [--setting small|large|both] [--reps 12]
 
-Same model, the same 16 rows (2 prompts of different lengths x 8, so left padding is
+Variants: ``generate``; the prototypes in ``proposed.py`` (``lean``, ``lean+prealloc``);
+and ``rg-tracer``, the package's sampler as it is (``rg_tracer.dapo.decode.cached_decode``,
+which runs Llama/Qwen2 through ``LlamaStep``). Same model, the same 16 rows (2 prompts of different lengths x 8, so left padding is
 exercised), EOS suppressed, one thread. Checks first that each variant draws exactly the
 tokens ``generate`` draws for the same seed, then times the variants round-robin and
 prints per-call CPU time (min and median): the within-process comparison is immune to the
@@ -34,6 +36,7 @@ def main(argv=None) -> int:
     pc.set_threads()
     import torch
 
+    from rg_tracer.dapo.decode import cached_decode
     from rg_tracer.models import load_model
 
     names = ["small", "large"] if a.setting == "both" else [a.setting]
@@ -58,7 +61,11 @@ def main(argv=None) -> int:
                 return lambda: proposed.lean_generate(model, ids, mask, n, tok.eos_token_id, tok.pad_token_id,
                                                       1.0, False, n, preallocate=pre)
 
-            variants = {"generate": hf, "lean": lean(False), "lean+prealloc": lean(True)}
+            def ours():
+                return torch.cat([ids, cached_decode(model, ids, mask, n, tok.eos_token_id, tok.pad_token_id)], 1)
+
+            model.generation_config.min_new_tokens = n  # EOS suppressed, as in generate's call above
+            variants = {"generate": hf, "lean": lean(False), "lean+prealloc": lean(True), "rg-tracer": ours}
             torch.manual_seed(0)
             ref = hf()
             for k, f in variants.items():

@@ -9,7 +9,7 @@ seed; ``argmax`` when greedy), pads after EOS and stops once every row has finis
 Llama and Qwen2 models take each token through :class:`~rg_tracer.dapo.llama_step.LlamaStep`
 (the same arithmetic without the modules' overhead); GPT-2 through the model's forward.
 Measured against ``generate`` on the benchmark models: ``benchmarks/RESULTS.md``. Other
-model families, and transformers before 5, keep ``generate``.
+model families, sliding-window attention and transformers before 5 keep ``generate``.
 """
 
 from __future__ import annotations
