@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from rg_tracer.dapo.hf_policy_adapter import HFPolicyAdapter
 from rg_tracer.eggroll import Population, dense_delta, es_update, find_layers, perturbed, tile_members
 from rg_tracer.eggroll.lowrank import check_rank
 from rg_tracer.eggroll.search import es_step
@@ -100,6 +101,8 @@ def test_hf_logits_and_generation_match_a_dense_copy(tiny_model_dir, arch):
                            attention_mask=tile_members(enc["attention_mask"], 4)).logits.view(4, 2, -1, len(tok))
             generated = model.generate(input_ids=tile_members(enc["input_ids"], 4),
                                        attention_mask=tile_members(enc["attention_mask"], 4), **args).view(4, 2, -1)
+            # the trainer's sampler (its own decode loop) must see the hooks too
+            sampled = HFPolicyAdapter(model, tok).sample(["1+2=", "33+4="] * 4, 1, 6, greedy=True).completions
         for member in (0, 3):
             dense = copy.deepcopy(model)
             for j, layer in enumerate(find_layers(dense)):
@@ -107,6 +110,8 @@ def test_hf_logits_and_generation_match_a_dense_copy(tiny_model_dir, arch):
                 layer.weight.add_(delta.T if layer.transposed else delta)
             torch.testing.assert_close(logits[member], dense(**enc).logits, rtol=1e-4, atol=1e-4)
             assert torch.equal(generated[member], dense.generate(**enc, **args))
+            dense_sampled = HFPolicyAdapter(dense, tok).sample(["1+2=", "33+4="], 1, 6, greedy=True).completions
+            assert sampled[2 * member:2 * member + 2] == dense_sampled
 
 
 def test_antithetic_members_cancel():
