@@ -45,7 +45,8 @@ def _prompts():
 
 @pytest.mark.parametrize("kind", ["qwen2-gqa", "llama-bias"])
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 0.1)])
-def test_step_logits_match_full_forward(kind, dtype, tol):
+@pytest.mark.parametrize("transpose_copy", [True, False], ids=["packed", "views"])  # views: the GPU layout
+def test_step_logits_match_full_forward(kind, dtype, tol, transpose_copy):
     model = _model(kind, dtype)
     assert supports_llama_step(model)
     ids, mask = _prompts()
@@ -54,7 +55,7 @@ def test_step_logits_match_full_forward(kind, dtype, tol):
     with torch.inference_mode():
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
-        step = LlamaStep(model, cache, mask, max_new_tokens=new.shape[1])
+        step = LlamaStep(model, cache, mask, max_new_tokens=new.shape[1], transpose_copy=transpose_copy)
         got = torch.stack([step(new[:, t]) for t in range(new.shape[1])], 1).float()
         full_ids, full_mask = torch.cat([ids, new], 1), torch.cat([mask, torch.ones_like(new)], 1)
         want = model(input_ids=full_ids, attention_mask=full_mask,

@@ -86,15 +86,17 @@ class LlamaStep:
     Built after the prefill from the model and its filled ``DynamicCache``, which it copies
     into its own. ``key_mask`` (B, P) marks the real prompt tokens (left padding); the
     position of each row's next token follows from it, so rotary tables are built once.
+    ``transpose_copy`` (default: on CPU only) packs weights into (in, out) copies.
     """
 
-    def __init__(self, model, cache, key_mask: torch.Tensor, max_new_tokens: int) -> None:
+    def __init__(self, model, cache, key_mask: torch.Tensor, max_new_tokens: int,
+                 transpose_copy: bool | None = None) -> None:
         config, core = model.config, model.model
         first = core.layers[0].self_attn
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim, self.scaling = first.head_dim, first.scaling
         self.embed = core.embed_tokens.weight
-        copy = self.embed.device.type == "cpu"
+        copy = self.embed.device.type == "cpu" if transpose_copy is None else transpose_copy
         b, p = key_mask.shape
         self.rows, self.filled = b, p
         self.layers, self.keys, self.values = [], [], []
