@@ -49,6 +49,7 @@ class TrainConfig:
     max_grad_norm: float = opt(1.0, "Clip the gradient L2 norm to this value (the log records the norm before clipping).")
     max_new_tokens: int = opt(32, "Maximum completion length in tokens.")
     temperature: float = opt(1.0, "Sampling temperature for training rollouts.")
+    lean_sampler: bool = opt(True, "Sample GPT-2/Llama/Qwen2 models with rg-tracer's KV-cached loop (generate's tokens, faster); --no-lean-sampler calls model.generate, e.g. for a model with a patched forward.")
     grokfast_alpha: float = opt(0.98, "EMA decay of the slow gradient (GrokFast); also used for the slow/fast ratio diagnostic.")
     grokfast_lambda: float = opt(0.0, "Add lambda x slow gradient to each gradient before clipping (GrokFast; 0: off, paper: 2-5).")
     diag_every: int = opt(10, "Log grokking diagnostics (weight norms, slow/fast gradient ratio) every N steps (0: off, saves one gradient-sized buffer).")

@@ -99,6 +99,11 @@ def test_wrapped_or_hooked_modules_keep_the_models_forward():
     assert not supports_llama_step(model)
     handle.remove()
     assert supports_llama_step(model)
+    attn = model.model.layers[0].self_attn
+    attn.forward = attn.forward  # an instance-level patch, as a user's monkeypatch would be
+    assert not supports_llama_step(model)
+    del attn.forward
+    assert supports_llama_step(model)
 
     class Wrapped(torch.nn.Linear):
         pass
@@ -108,3 +113,16 @@ def test_wrapped_or_hooked_modules_keep_the_models_forward():
     wrapped.load_state_dict(proj.state_dict())
     model.model.layers[1].self_attn.v_proj = wrapped
     assert not supports_llama_step(model)
+
+
+def test_no_lean_sampler_calls_generate(tiny_model_dir):
+    from rg_tracer.models import load_model
+
+    model, tok = load_model(str(tiny_model_dir("qwen2")))
+    calls = []
+    generate = model.generate
+    model.generate = lambda **kw: calls.append(kw) or generate(**kw)
+    HFPolicyAdapter(model, tok).sample(["1+2="], 2, 4)
+    assert calls == []
+    HFPolicyAdapter(model, tok, lean_sampler=False).sample(["1+2="], 2, 4)
+    assert len(calls) == 1

@@ -80,7 +80,7 @@ class DAPOHybridTrainer:
         self.run = run
         # A scorer may declare which of its keys are tags/verifier signals; the rest are rewards.
         self.mapping = mapping or getattr(run.scorer, "feedback_mapping", None) or FeedbackMappingConfig()
-        self.policy = HFPolicyAdapter(run.model, run.tokenizer)
+        self.policy = HFPolicyAdapter(run.model, run.tokenizer, lean_sampler=cfg.lean_sampler)
         adam = _adamw(run.model, cfg.learning_rate, cfg.weight_decay)
         tracks_slow = cfg.grokfast_lambda > 0 or cfg.diag_every > 0
         self.slow_gradient = SlowGradient(cfg.grokfast_alpha, cfg.grokfast_lambda) if tracks_slow else None

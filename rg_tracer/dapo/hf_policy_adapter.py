@@ -70,13 +70,13 @@ class Rollout:
 
 
 class HFPolicyAdapter(Policy):
-    def __init__(self, model: torch.nn.Module, tokenizer) -> None:
+    def __init__(self, model: torch.nn.Module, tokenizer, lean_sampler: bool = True) -> None:
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
         self.model.eval()
         self._keep_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
-        self._cached_decode = supports_cached_decode(model)
+        self.lean_sampler = lean_sampler
         self.last_entropy: float | None = None
         self._primed: tuple | None = None
 
@@ -94,7 +94,7 @@ class HFPolicyAdapter(Policy):
 
     def clone(self) -> "HFPolicyAdapter":
         ref = copy.deepcopy(self.model).eval().requires_grad_(False)
-        return HFPolicyAdapter(ref, self.tokenizer)
+        return HFPolicyAdapter(ref, self.tokenizer, self.lean_sampler)
 
     def logprobs(self, actions: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
         """Mean completion-token log-prob per sequence, (N,), from raw logits.
@@ -151,7 +151,7 @@ class HFPolicyAdapter(Policy):
         enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         prompt_ids = enc["input_ids"].to(self.device).repeat_interleave(group_size, dim=0)
         prompt_mask = enc["attention_mask"].to(self.device).repeat_interleave(group_size, dim=0)
-        if self._cached_decode:
+        if self.lean_sampler and supports_cached_decode(self.model):  # checked per call: hooks come and go
             actions = cached_decode(self.model, prompt_ids, prompt_mask, max_new_tokens, tok.eos_token_id,
                                     tok.pad_token_id, temperature, greedy)
             return self._rollout(prompt_ids, prompt_mask, actions)

@@ -33,9 +33,10 @@ _STATIC_ROPE = ("default", "linear", "llama3", "yarn")
 def supports_llama_step(model) -> bool:
     """Llama/Qwen2 with full attention, a static rotary table and plain modules.
 
-    Plain: every projection is exactly ``nn.Linear`` and no module has hooks, so a LoRA or
-    quantisation wrapper, an accelerate offload hook or a user's hook keeps the model's own
-    forward instead of being silently bypassed.
+    Plain: every projection is exactly ``nn.Linear`` and no module has hooks or a forward
+    patched onto the instance, so a LoRA or quantisation wrapper, an accelerate offload
+    hook or a user's patch keeps the model's own forward instead of being silently bypassed.
+    (A patch to a class's ``forward`` cannot be seen: ``--no-lean-sampler`` is for that.)
     """
     config = model.config
     if getattr(config, "model_type", None) not in ("llama", "qwen2"):
@@ -46,7 +47,8 @@ def supports_llama_step(model) -> bool:
     if getattr(rotary, "rope_type", None) not in _STATIC_ROPE or getattr(config, "pretraining_tp", 1) != 1:
         return False
     for module in model.modules():
-        if module._forward_hooks or module._forward_pre_hooks or hasattr(module, "_hf_hook"):
+        if (module._forward_hooks or module._forward_pre_hooks or hasattr(module, "_hf_hook")
+                or "forward" in vars(module)):
             return False
     for layer in model.model.layers:
         linears = [layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
