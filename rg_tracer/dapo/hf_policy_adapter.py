@@ -77,6 +77,7 @@ class HFPolicyAdapter(Policy):
         self.model.eval()
         self._keep_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
         self.lean_sampler = lean_sampler
+        self._cached_decode = lean_sampler and supports_cached_decode(model)
         self.last_entropy: float | None = None
         self._primed: tuple | None = None
 
@@ -146,12 +147,16 @@ class HFPolicyAdapter(Policy):
     @torch.no_grad()
     def sample(self, prompts: list[str], group_size: int, max_new_tokens: int,
                temperature: float = 1.0, greedy: bool = False) -> Rollout:
-        """Generate ``group_size`` completions for each prompt (prompt-major, contiguous)."""
+        """Generate ``group_size`` completions for each prompt (prompt-major, contiguous).
+
+        Through :func:`~rg_tracer.dapo.decode.cached_decode` where it supports the model and
+        ``lean_sampler`` is on, else ``model.generate``: the same tokens either way.
+        """
         tok = self.tokenizer
         enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         prompt_ids = enc["input_ids"].to(self.device).repeat_interleave(group_size, dim=0)
         prompt_mask = enc["attention_mask"].to(self.device).repeat_interleave(group_size, dim=0)
-        if self.lean_sampler and supports_cached_decode(self.model):  # checked per call: hooks come and go
+        if self._cached_decode:
             actions = cached_decode(self.model, prompt_ids, prompt_mask, max_new_tokens, tok.eos_token_id,
                                     tok.pad_token_id, temperature, greedy)
             return self._rollout(prompt_ids, prompt_mask, actions)
