@@ -126,3 +126,18 @@ def test_no_lean_sampler_calls_generate(tiny_model_dir):
     assert calls == []
     HFPolicyAdapter(model, tok, lean_sampler=False).sample(["1+2="], 2, 4)
     assert len(calls) == 1
+
+
+def test_view_layout_shares_the_models_weights():
+    """Off CPU the step must not hold a second copy of the weights."""
+    model = _model("qwen2-gqa")
+    ids, mask = _prompts()
+    cache = tf.DynamicCache(config=model.config)
+    with torch.inference_mode():
+        model(input_ids=ids, attention_mask=mask, cache=cache, use_cache=True)
+        step = LlamaStep(model, cache, mask, max_new_tokens=2, transpose_copy=False)
+    params = {p.data_ptr() for p in model.parameters()}
+    packed = [layer[i] for layer in step.layers for i in (2, 4, 8, 10)] + [step.lm_head]  # qkv, o, gate/up, down
+    matrices = [m for w in packed for m in (w if isinstance(w, tuple) else (w,))]
+    assert len(matrices) == 2 * (3 + 1 + 2 + 1) + 1
+    assert all(m.data_ptr() in params for m in matrices)

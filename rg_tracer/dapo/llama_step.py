@@ -6,10 +6,10 @@ call): 32 tokens from the 137k-parameter benchmark Qwen2 took 48.6 ms with ``gen
 13.3 ms through this step; 64 tokens from the 4.2M-parameter one, 346 vs 190 ms. The
 arithmetic is the model's own, with its weights, in its dtype; what differs:
 
-1. q/k/v and gate/up are one matmul each; on CPU the weights are also transposed once per
+1. On CPU, q/k/v and gate/up are one matmul each on weights packed and transposed once per
    sampling call, since (in, out)-layout GEMMs with 16 rows ran 1.3x faster than
    ``F.linear`` in a decode step. That copy costs one set of layer weights while sampling,
-   so other devices use views.
+   so other devices use views of the weights and join the outputs instead.
 2. The KV cache is preallocated for the whole completion and written in place.
 3. Attention for a single query is two batched matmuls with grouped query heads (the
    fused SDPA kernel cost 1.6x that for one query on CPU); rotary tables are built once.
@@ -58,10 +58,12 @@ def supports_llama_step(model) -> bool:
     return type(model.get_output_embeddings()) is torch.nn.Linear
 
 
-def _pack(weights: list[torch.Tensor], transpose_copy: bool) -> torch.Tensor:
-    """(in, out) matrix for ``x @ w`` from ``nn.Linear`` weights stacked along out."""
-    stacked = weights[0] if len(weights) == 1 else torch.cat(weights)
-    return stacked.t().contiguous() if transpose_copy else stacked.t()
+def _pack(weights: list[torch.Tensor], transpose_copy: bool):
+    """``nn.Linear`` weights stacked along out, as (in, out) for ``x @ w``: one contiguous
+    copy, or (without ``transpose_copy``) a tuple of views that :func:`_linear` joins."""
+    if transpose_copy:
+        return (weights[0] if len(weights) == 1 else torch.cat(weights)).t().contiguous()
+    return weights[0].t() if len(weights) == 1 else tuple(w.t() for w in weights)
 
 
 def _bias(*linears) -> torch.Tensor | None:
@@ -69,7 +71,10 @@ def _bias(*linears) -> torch.Tensor | None:
     return None if biases[0] is None else torch.cat(biases)
 
 
-def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+def _linear(x: torch.Tensor, w, b: torch.Tensor | None) -> torch.Tensor:
+    if isinstance(w, tuple):
+        out = torch.cat([x @ part for part in w], -1)
+        return out if b is None else out + b
     return x @ w if b is None else torch.addmm(b, x, w)
 
 
@@ -88,7 +93,7 @@ class LlamaStep:
     Built after the prefill from the model and its filled ``DynamicCache``, which it copies
     into its own. ``key_mask`` (B, P) marks the real prompt tokens (left padding); the
     position of each row's next token follows from it, so rotary tables are built once.
-    ``transpose_copy`` (default: on CPU only) packs weights into (in, out) copies.
+    ``transpose_copy`` (default: on CPU only) packs weights into fused (in, out) copies.
     """
 
     def __init__(self, model, cache, key_mask: torch.Tensor, max_new_tokens: int,
