@@ -19,7 +19,7 @@ import inspect
 import torch
 import transformers
 
-from rg_tracer.dapo.llama_step import LlamaStep, supports_llama_step
+from rg_tracer.dapo.llama_step import LlamaStep, full_attention, supports_llama_step
 
 __all__ = ["supports_cached_decode", "cached_decode"]
 
@@ -30,9 +30,8 @@ def supports_cached_decode(model) -> bool:
     """Our families on transformers >= 5, full attention only: a sliding-window cache keeps
     fewer keys than this loop's per-token padding mask covers."""
     params = inspect.signature(model.forward).parameters
-    full_attention = all(kind == "full_attention" for kind in (getattr(model.config, "layer_types", None) or []))
     return (getattr(model.config, "model_type", None) in _FAMILIES and "logits_to_keep" in params
-            and full_attention and int(transformers.__version__.split(".")[0]) >= 5)
+            and full_attention(model.config) and int(transformers.__version__.split(".")[0]) >= 5)
 
 
 def cached_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
@@ -43,19 +42,19 @@ def cached_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
 
     cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     cache = DynamicCache(config=model.config)
-    b, p = input_ids.shape
+    b = input_ids.shape[0]
     with torch.inference_mode():
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         padded = not bool(attention_mask.all())
         out = model(input_ids=input_ids, attention_mask=attention_mask if padded else None,
                     position_ids=position_ids, use_cache=True, logits_to_keep=1, **{cache_kw: cache})
         logits = out.logits[:, -1]
-        llama = LlamaStep(model, cache, attention_mask, max_new_tokens) if supports_llama_step(model) else None
-        keys = torch.cat([attention_mask.bool(),
-                          torch.ones(b, max_new_tokens, dtype=torch.bool, device=input_ids.device)], 1)
+        if supports_llama_step(model):
+            advance = LlamaStep(model, cache, attention_mask, max_new_tokens)
+        else:
+            advance = _ModelStep(model, cache, cache_kw, attention_mask, position_ids, max_new_tokens)
         tokens = input_ids.new_full((b, max_new_tokens), pad_token_id)
         done = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
-        position = position_ids[:, -1:]
         min_new = getattr(model.generation_config, "min_new_tokens", None) or 0  # honoured as generate does
         n = 0
         for t in range(max_new_tokens):
@@ -73,11 +72,25 @@ def cached_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
             done |= nxt == eos_token_id
             if n == max_new_tokens or bool(done.all()):
                 break
-            position = position + 1
-            if llama is not None:
-                logits = llama(nxt)
-                continue
-            mask = keys[:, None, None, : p + n] if padded else None  # one query sees every real key
-            logits = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=position, use_cache=True,
-                           **{cache_kw: cache}).logits[:, -1]
+            logits = advance(nxt)
     return tokens[:, :n].clone()  # a normal tensor: the training forward saves these ids
+
+
+class _ModelStep:
+    """``tokens (B,) -> logits (B, V)`` through the model's own forward and its cache."""
+
+    def __init__(self, model, cache, cache_kw: str, key_mask: torch.Tensor, position_ids: torch.Tensor,
+                 max_new_tokens: int) -> None:
+        self.model, self.cache_kw, self.cache = model, cache_kw, cache
+        b, self.filled = key_mask.shape
+        self.position = position_ids[:, -1:]
+        self.keys = None  # (B, P + n) real keys; only needed with left padding
+        if not bool(key_mask.all()):
+            self.keys = torch.cat([key_mask.bool(), key_mask.new_ones(b, max_new_tokens, dtype=torch.bool)], 1)
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.position = self.position + 1
+        self.filled += 1
+        mask = None if self.keys is None else self.keys[:, None, None, :self.filled]  # one query sees every real key
+        return self.model(input_ids=tokens[:, None], attention_mask=mask, position_ids=self.position,
+                          use_cache=True, **{self.cache_kw: self.cache}).logits[:, -1]

@@ -30,6 +30,11 @@ __all__ = ["LlamaStep", "supports_llama_step"]
 _STATIC_ROPE = ("default", "linear", "llama3", "yarn")
 
 
+def full_attention(config) -> bool:
+    """No sliding-window layers: every key stays in the cache."""
+    return all(kind == "full_attention" for kind in (getattr(config, "layer_types", None) or []))
+
+
 def supports_llama_step(model) -> bool:
     """Llama/Qwen2 with full attention, a static rotary table and plain modules.
 
@@ -41,7 +46,7 @@ def supports_llama_step(model) -> bool:
     config = model.config
     if getattr(config, "model_type", None) not in ("llama", "qwen2"):
         return False
-    if any(kind != "full_attention" for kind in (getattr(config, "layer_types", None) or [])):
+    if not full_attention(config):
         return False
     rotary = getattr(getattr(model, "model", None), "rotary_emb", None)
     if getattr(rotary, "rope_type", None) not in _STATIC_ROPE or getattr(config, "pretraining_tp", 1) != 1:
