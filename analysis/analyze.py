@@ -15,13 +15,13 @@ from analysis.correlations import DEFAULT_MAX_LAG, correlate
 from analysis.db import IngestResult, ingest
 from analysis.db.store import Runs
 from analysis.report import RunReport, write_index, write_run_page
-from analysis.transitions import transitions_table
+from analysis.transitions import changes_tables
 
 __all__ = ["analyze_runs", "DRILLDOWN_TRANSITIONS", "DRILLDOWN_STEPS", "DRILLDOWN_SAMPLES"]
 
 DRILLDOWN_TRANSITIONS = 8  # largest |delta| first
 #: A run's page is rewritten only when its log, the options or this version changed.
-REPORT_VERSION = 2
+REPORT_VERSION = 3
 STAMP = ".report-stamp"
 DRILLDOWN_STEPS = 3  # steps looked at either side
 DRILLDOWN_SAMPLES = 3  # completions shown either side: the extremes in the direction of the change
@@ -71,14 +71,19 @@ def analyze_runs(
     *,
     max_lag: int = DEFAULT_MAX_LAG,
     progress: bool | None = None,
+    ingested: IngestResult | None = None,
 ) -> Path:
     """Ingest ``runs_dir``, compute every table, write the report; return ``index.html``.
 
     The computed tables are also stored in the database (``fitness``,
     ``task_fitness``, ``correlations``, ``lead_lag``, ``transitions``). A run
     page whose log has not changed since it was written is kept as it is.
+
+    ``ingested``: the result of an :func:`~analysis.db.ingest` of ``runs_dir`` into ``db_path``
+    the caller has just made (the CLI does, to print it); then nothing is ingested again, and
+    its notes (a rewritten log) reach the report.
     """
-    result = ingest(runs_dir, db_path, progress=progress)
+    result = ingested if ingested is not None else ingest(runs_dir, db_path, progress=progress)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with Runs(result.db_path, read_only=False) as runs:
@@ -86,12 +91,13 @@ def analyze_runs(
         task_fitness = runs.fitness(by_task=True)
         metrics = runs.metrics()
         correlations, xcorr = correlate(fitness, metrics, max_lag=max_lag)
-        transitions = transitions_table(fitness)
+        transitions, transition_notes = changes_tables(fitness)
         for name, frame in (("fitness", fitness), ("task_fitness", task_fitness), ("correlations", correlations),
                             ("lead_lag", xcorr), ("transitions", transitions)):
             runs.write_table(name, frame)
         tables = {"fitness": fitness, "task_fitness": task_fitness, "metrics": metrics, "evals": runs.evals(),
-                  "correlations": correlations, "xcorr": xcorr, "transitions": transitions}
+                  "correlations": correlations, "xcorr": xcorr, "transitions": transitions,
+                  "transition_notes": transition_notes}
         parts = {name: _split(frame) for name, frame in tables.items()}
         errors = _split(runs.sql("SELECT run_id, line, field, message FROM ingest_errors ORDER BY run_id, line"))
         reports = []
@@ -109,5 +115,6 @@ def analyze_runs(
             write_run_page(out, rr)
             stamp.write_text(key)
         configs = {r["run_id"]: json.loads(r["config"]) if isinstance(r["config"], str) else (r["config"] or {})
-                   for r in runs.sql("SELECT run_id, config FROM segments WHERE segment = 0").iter_rows(named=True)}
+                   for r in runs.sql("SELECT run_id, arg_min(config, segment) AS config FROM segments "
+                                     "GROUP BY run_id").iter_rows(named=True)}  # each run's first run record
         return write_index(out, reports, fitness, _notes(result, runs), configs)

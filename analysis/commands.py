@@ -15,7 +15,7 @@ __all__ = ["ingest_command", "analyze_command", "ingest", "analyze", "COMMANDS"]
 
 # The library is imported inside the commands: registering them must not slow
 # down every other rg-tracer command. Equal to correlations.DEFAULT_MAX_LAG (tested).
-DEFAULT_MAX_LAG = 10
+DEFAULT_MAX_LAG = 25
 
 _RUNS_DIR = click.Path(exists=True, file_okay=False, dir_okay=True, path_type=Path)
 _DB = click.Path(dir_okay=False, path_type=Path)
@@ -89,8 +89,9 @@ def analyze_command(runs_dir: Path, out_dir: Path, db_path: Path | None, max_lag
     from analysis.db import IngestError, ingest
 
     try:
-        _echo_result(ingest(runs_dir, db_path))
-        index = analyze_runs(runs_dir, out_dir, db_path, max_lag=max_lag)
+        result = ingest(runs_dir, db_path)
+        _echo_result(result)
+        index = analyze_runs(runs_dir, out_dir, db_path, max_lag=max_lag, ingested=result)  # ingests once
     except IngestError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(str(index))

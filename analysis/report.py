@@ -17,6 +17,7 @@ import polars as pl
 from analysis import plots
 from analysis._html import esc, href, num, page, save_png, table
 from analysis.correlations import lead_lag
+from analysis.findings import run_findings
 from analysis.grokking import compare_runs as compare_grokking
 from analysis.grokking import grokking_summary
 
@@ -40,6 +41,7 @@ class RunReport:
     correlations: pl.DataFrame
     xcorr: pl.DataFrame
     transitions: pl.DataFrame
+    transition_notes: pl.DataFrame = field(default_factory=pl.DataFrame)
     drilldown: list[tuple[dict, pl.DataFrame, pl.DataFrame]] = field(default_factory=list)
     grok_threshold: float = GROK_THRESHOLD
     errors: list[dict] = field(default_factory=list)
@@ -53,9 +55,18 @@ def _axis_key(kind: str, axis: str) -> str:
     return axis if kind == "reward" else f"{kind}/{axis}"
 
 
+def _transition_dict(t: dict) -> dict:
+    return {"onset_step": t["onset_step"], "end_step": t["end_step"], "before": _finite(t["before"]),
+            "after": _finite(t["after"]), "shape": t.get("shape"), "size": _finite(t.get("size")),
+            "z": _finite(t.get("z")), "p_value": _finite(t.get("p_value")),
+            "interval": [t.get("onset_lo"), t.get("end_hi")]}
+
+
 def summary(rr: RunReport) -> dict:
     """The ``summary.json`` object of one run."""
     axes: dict[str, dict] = {}
+    notes = {(r["kind"], r["axis"]): r["reason"] for r in rr.transition_notes.iter_rows(named=True)} \
+        if not rr.transition_notes.is_empty() else {}
     for (kind, axis), frame in sorted(rr.fitness.partition_by(["kind", "axis"], as_dict=True).items()):
         last = frame.sort("step").tail(1).row(0, named=True)
         trans = rr.transitions.filter((pl.col("kind") == kind) & (pl.col("axis") == axis)).sort("onset_step")
@@ -63,21 +74,41 @@ def summary(rr: RunReport) -> dict:
             "kind": kind,
             "final_mean": _finite(last["mean"]),
             "final_ema": _finite(last["ema"]),
-            "transitions": [
-                {"onset_step": t["onset_step"], "end_step": t["end_step"],
-                 "before": _finite(t["before"]), "after": _finite(t["after"])}
-                for t in trans.iter_rows(named=True)
-            ],
+            "transitions": [_transition_dict(t) for t in trans.iter_rows(named=True)],
+            "transitions_note": notes.get((kind, axis)),
         }
+    links = lead_lag(rr.correlations, rr.run_id)
+    grokking = grokking_summary(rr.evals, threshold=rr.grok_threshold).to_dict()
     return {
         "run_id": rr.run_id,
         "steps": int(rr.run.get("n_steps") or 0),
         "last_step": rr.run.get("last_step"),
         "status": rr.run.get("status"),
+        "findings": [{k: _jsonable(v) for k, v in f.items()} for f in run_findings(rr.transitions, links, grokking)],
         "axes": axes,
-        "lead_lag": lead_lag(rr.correlations, rr.run_id),
-        "grokking": grokking_summary(rr.evals, threshold=rr.grok_threshold).to_dict(),
+        "lead_lag": links,
+        "grokking": grokking,
     }
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, float):
+        return _finite(value)
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _findings_html(summ: dict) -> str:
+    items = summ["findings"]
+    if not items:
+        return ('<p class="muted">Nothing in this run stands out from its noise: no axis changed beyond what its '
+                "sampling noise, drift and wobble explain, and no RL metric is linked to an axis.</p>")
+    lis = "".join(f"<li>{esc(f['text'])}</li>" for f in items)
+    return (f"<ol>{lis}</ol>"
+            '<p class="muted">Changes are tested against each axis\'s own noise (family-wise 5% per axis); links '
+            "between metrics and axes are BH-adjusted over the run's pairs. How often these calls are wrong on "
+            "data with known truth: docs/analysis.md, Calibration.</p>")
 
 
 def _figure(page_dir: Path, rel: str, fig, alt: str) -> str:
@@ -106,6 +137,13 @@ def _drilldown_html(rr: RunReport) -> str:
             parts.append(f'<p class="muted">{esc(label)}</p>')
             parts.append(table(["step", "task", "value", "completion"], rows, [True, False, True, False]))
     return "".join(parts)
+
+
+def _transition_notes_html(rr: RunReport) -> str:
+    if rr.transition_notes.is_empty():
+        return ""
+    text = "; ".join(f"{_axis_key(r['kind'], r['axis'])}: {r['reason']}" for r in rr.transition_notes.iter_rows(named=True))
+    return f'<p class="muted">Not judged for changes: {esc(text)}.</p>'
 
 
 def _clip(text: str | None) -> str:
@@ -151,9 +189,11 @@ def _leads_table(rr: RunReport, per_axis: int = 3) -> str:
 
 
 _GROK_STATUS = {
-    "generalised": "memorised, then generalised",
+    "generalised": "the test split is confidently at or above the threshold",
+    "generalisation_unconfirmed": "the test split reached the threshold at some eval but is not confidently above "
+                                  "it (too few prompts per eval, or not for long enough)",
     "memorised_only": "memorised the train split; the test split has not reached the threshold",
-    "not_memorised": "neither split has reached the threshold",
+    "not_memorised": "neither split is confidently at or above the threshold",
     "no_evals": "no eval records: train with --eval-every N (and a held-out --eval-dataset) to get this section",
     "no_test_split": "no test-split eval records: pass a held-out --eval-dataset",
 }
@@ -164,13 +204,25 @@ def _grokking_html(run_dir: Path, rr: RunReport) -> list[str]:
     parts = ["<h2>Grokking</h2>", f'<p class="muted">{esc(_GROK_STATUS[g.status])}.</p>']
     if g.status in ("no_evals", "no_test_split"):
         return parts
+    from analysis.grokking import DEFAULT_CONFIDENCE, DEFAULT_K
+
+    def ci(interval: list[int] | None) -> str | None:
+        return None if interval is None else f"[{interval[0]}, {interval[1]}]"
+
     parts.append(table(
-        ["axis", "threshold", "memorisation step", "generalisation step", "delay", "test rise 10%→90%",
-         "transition steps", "final train", "final test"],
-        [[g.axis, g.threshold, g.memorisation_step, g.generalisation_step, g.delay,
+        ["axis", "threshold", "memorisation step", "interval", "generalisation step", "interval", "delay",
+         "interval", "test n", "test rise 10%→90%", "transition steps", "final train", "final test"],
+        [[g.axis, g.threshold, g.memorisation_step, ci(g.memorisation_ci), g.generalisation_step,
+          ci(g.generalisation_ci), g.delay, ci(g.delay_ci), g.test_n,
           None if g.rise_start_step is None else f"{g.rise_start_step}→{g.rise_end_step}", g.transition_steps,
           g.final_train, g.final_test]],
-        [False] + [True] * 8))
+        [False] + [True] * 12))
+    parts.append(f'<p class="muted">Rule: {esc(g.rule or "")}. A step is the first eval of the earliest stretch '
+                 f"of at least {DEFAULT_K} consecutive evals at or above the threshold whose pooled accuracy has a "
+                 f"one-sided {100 * DEFAULT_CONFIDENCE:g}% Wilson lower bound at or above it (where the eval size n "
+                 f"is not logged: {DEFAULT_K} consecutive evals, no sampling error). Its interval runs from the last "
+                 "earlier eval confidently below the threshold (0: none) to the eval at which the bound passed; "
+                 "the crossing lies inside it. See docs/grokking.md.</p>")
     parts.append(_figure(run_dir, "grokking.png", plots.grokking_curves(rr.evals, rr.metrics, g), "grokking phases"))
     return parts
 
@@ -190,7 +242,7 @@ def write_run_page(out: Path, rr: RunReport) -> Path:
         [False] + [True] * 7 + [False],
     )
     body = [f'<nav><a href="{up}index.html">← all runs</a><a href="summary.json">summary.json</a></nav>',
-            f"<h1>{esc(rr.run_id)}</h1>", facts]
+            f"<h1>{esc(rr.run_id)}</h1>", facts, "<h2>What happened</h2>", _findings_html(summ)]
     if rr.errors:
         body.append('<h2 class="warn">Skipped lines</h2>')
         body.append(table(["line", "field", "problem"], [(e["line"], e["field"], e["message"]) for e in rr.errors],
@@ -202,9 +254,16 @@ def write_run_page(out: Path, rr: RunReport) -> Path:
             "<h2>Reward axes</h2>", _figure(run_dir, "axes.png", plots.axis_curves(rr.fitness, rr.transitions),
                                               "per-axis curves"),
             _axes_table(rr), "<h2>Transitions</h2>",
-            table(["kind", "axis", "onset step", "end step", "before", "after", "Δ"],
-                  rr.transitions.select("kind", "axis", "onset_step", "end_step", "before", "after", "delta").rows(),
-                  [False, False, True, True, True, True, True]),
+            '<p class="muted">jump: abrupt (its duration is within its location uncertainty); phase: gradual, '
+            "onset and end at 10% and 90% of the change. size: in noise SDs; interval: 95% for where it "
+            "happened; p: family-wise over the axis's scan.</p>",
+            table(["kind", "axis", "shape", "onset step", "end step", "interval", "before", "after", "Δ", "size",
+                   "p"],
+                  [(r["kind"], r["axis"], r["shape"], r["onset_step"], r["end_step"],
+                    f"{r['onset_lo']}–{r['end_hi']}", r["before"], r["after"], r["delta"], r["size"], r["p_value"])
+                   for r in rr.transitions.iter_rows(named=True)],
+                  [False, False, False, True, True, False, True, True, True, True, True]),
+            _transition_notes_html(rr),
             "<h2>RL metrics</h2>", _figure(run_dir, "metrics.png", plots.metric_curves(rr.metrics), "RL metrics"),
             "<h2>Correlations</h2>",
             '<p class="muted">Pearson on first differences of step means; * = BH-adjusted p &lt; 0.05.</p>',
@@ -230,9 +289,14 @@ def _grokking_comparison(out: Path, reports: list[RunReport], configs: dict[str,
         return []
     groups = compare_grokking(summaries, configs)
     return ["<h2>Steps to generalise across runs</h2>",
-            '<p class="muted">Runs grouped by the options that differ between them (seed ignored).</p>',
-            table(["group", "runs", "generalised", "mean steps", "std", "min", "max"], groups.rows(),
-                  [False] + [True] * 6),
+            '<p class="muted">Runs grouped by the options of their first run record that differ between them '
+            "(seed ignored). runs: runs with test-split evals; generalised: those called generalised (the n of "
+            "mean, std and range; std is the sample std, ddof 1); no evals: runs without test-split evals, left "
+            "out of the other columns.</p>",
+            table(["group", "runs", "generalised", "mean steps", "std", "min", "max", "no evals"],
+                  groups.select("group", "runs", "generalised", "mean_steps", "std_steps", "min_steps",
+                                "max_steps", "no_evals").rows(),
+                  [False] + [True] * 7),
             _figure(out, "index_files/generalisation.png", plots.generalisation_steps(groups), "steps to generalise")]
 
 

@@ -14,20 +14,28 @@ from analysis.db import _load
 
 def test_summary_json_finds_the_planted_structure(known_report):
     summary = json.loads((known_report["out"] / "exp1" / "summary.json").read_text())
-    assert set(summary) == {"run_id", "steps", "last_step", "status", "axes", "lead_lag", "grokking"}
+    assert set(summary) == {"run_id", "steps", "last_step", "status", "findings", "axes", "lead_lag", "grokking"}
     assert summary["run_id"] == "exp1" and summary["steps"] == 240
     axes = summary["axes"]
     assert set(axes) == {"correctness", "format", "noise", "style", "tag/completion_length"}
     (jump,) = axes["correctness"]["transitions"]
-    assert set(jump) == {"onset_step", "end_step", "before", "after"}
+    assert {"onset_step", "end_step", "before", "after", "shape", "size", "p_value", "interval"} <= set(jump)
+    assert jump["shape"] == "jump" and jump["interval"][0] <= 120 <= jump["interval"][1] and jump["p_value"] < 1e-6
     assert abs(jump["onset_step"] - 120) <= 2 and abs(jump["end_step"] - 120) <= 2
     assert abs(jump["before"] - 0.2) < 0.02 and abs(jump["after"] - 0.8) < 0.02
     assert axes["format"]["transitions"] == [] and axes["noise"]["transitions"] == []
     assert axes["format"]["final_mean"] == 1.0
     top = summary["lead_lag"][0]
-    assert set(top) == {"metric", "axis", "best_lag", "corr", "p_adj"}
+    assert {"metric", "axis", "best_lag", "corr", "p_adj", "relation"} <= set(top)
     assert (top["metric"], top["axis"], top["best_lag"]) == ("grad_norm", "style", 4)
     assert top["corr"] > 0.9 and top["p_adj"] < 1e-6
+    findings = summary["findings"]  # in step order, then the couplings; noise is not listed
+    assert [f["kind"] for f in findings][:1] == ["jump"] and findings[0]["axis"] == "correctness"
+    assert "correctness jumped from 0.2" in findings[0]["text"]
+    assert not any(f.get("axis") in ("noise", "format") for f in findings)
+    assert any(f["kind"] == "lead" and f["metric"] == "grad_norm" and f["lag"] == 4 for f in findings)
+    page = (known_report["out"] / "exp1" / "index.html").read_text()
+    assert page.index("What happened") < page.index("Reward axes") and "correctness jumped" in page
     other = json.loads((known_report["out"] / "sweep" / "lr-2" / "summary.json").read_text())
     assert other["lead_lag"][0]["best_lag"] == 2
 
@@ -59,7 +67,7 @@ def test_derived_tables_are_stored(known_report):
         got = con.execute("""SELECT onset_step FROM transitions
                              WHERE run_id = 'exp1' AND axis = 'correctness'""").fetchall()
         assert [abs(r[0] - 120) <= 2 for r in got] == [True]
-        assert con.execute("SELECT count(DISTINCT lag) FROM lead_lag").fetchall() == [(21,)]
+        assert con.execute("SELECT count(DISTINCT lag) FROM lead_lag").fetchall() == [(51,)]  # --max-lag 25
         cols = {r[0] for r in con.execute("DESCRIBE fitness").fetchall()}
         assert {"run_id", "step", "kind", "axis", "n", "mean", "std", "ema", "slope", "z"} <= cols
     finally:
@@ -93,7 +101,7 @@ def test_run_with_zero_steps_still_reports(tmp_path):
     assert summary["grokking"]["status"] == "no_evals"
     del summary["grokking"]
     assert summary == {"run_id": "fresh", "steps": 0, "last_step": None, "status": "unfinished",
-                       "axes": {}, "lead_lag": []}
+                       "findings": [], "axes": {}, "lead_lag": []}
     assert "fresh" in index.read_text()
 
 
