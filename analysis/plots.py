@@ -124,21 +124,40 @@ def metric_curves(metrics: pl.DataFrame, max_panels: int = 12) -> Figure:
     return fig
 
 
-def correlation_heatmap(correlations: pl.DataFrame, value: str = "diff_pearson_r") -> Figure:
-    """Metrics × axes coloured by ``value``; * marks BH-adjusted p < 0.05."""
+#: Heat-map values and the adjusted p-value behind their stars (None: no valid p, no stars).
+_HEATMAP = {
+    "r0": ("r0_p_adj", "same-step r of the prewhitened series (one AR filter per pair)"),
+    "diff_pearson_r": ("diff_pearson_p_adj", "Pearson r of first differences"),
+    "diff_spearman_r": ("diff_spearman_p_adj", "Spearman r of first differences"),
+    "lag_r": ("pair_p_adj", "prewhitened r at the reported lag"),
+    "pearson_r": (None, "Pearson r of levels"),
+    "spearman_r": (None, "Spearman r of levels"),
+}
+
+
+def correlation_heatmap(correlations: pl.DataFrame, value: str = "r0") -> Figure:
+    """Metrics × axes coloured by ``value``; * marks BH-adjusted p < 0.05 across the run's pairs.
+
+    The default is the same-step correlation of the two series after one common AR
+    prewhitening filter (``r0``, p from Bartlett's variance). Level correlations
+    (``pearson_r``, ``spearman_r``) get no stars: their p-values are not valid for
+    autocorrelated series. Metrics listed in another's ``aliases`` have no row of their own.
+    """
     correlations = correlations.filter(pl.col(value).is_not_null() & pl.col(value).is_not_nan())
     if correlations.is_empty():
         return _empty("no correlations (no reward axis or no RL metric varies)")
+    p_col, what = _HEATMAP.get(value, (value[:-2] + "_p_adj" if value.endswith("_r") else None, value))
+    if p_col is not None and p_col not in correlations.columns:
+        p_col = None
     axes_names = sorted(correlations["axis"].unique().to_list())
     metric_names = sorted(correlations["metric"].unique().to_list())
     grid = np.full((len(metric_names), len(axes_names)), np.nan)
     sig = np.zeros_like(grid, dtype=bool)
-    p_col = value[:-2] + "_p_adj"
     for r in correlations.iter_rows(named=True):
         i, j = metric_names.index(r["metric"]), axes_names.index(r["axis"])
         grid[i, j] = np.nan if r[value] is None else r[value]
-        sig[i, j] = r.get(p_col) is not None and r[p_col] < 0.05
-    fig = Figure(figsize=(min(_WIDTH, 2.5 + 1.1 * len(axes_names)), 1.2 + 0.35 * len(metric_names)),
+        sig[i, j] = p_col is not None and r.get(p_col) is not None and r[p_col] < 0.05
+    fig = Figure(figsize=(min(_WIDTH, 2.5 + 1.1 * len(axes_names)), 1.6 + 0.35 * len(metric_names)),
                  layout="constrained")
     ax = fig.subplots()
     image = ax.imshow(grid, cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
@@ -147,41 +166,65 @@ def correlation_heatmap(correlations: pl.DataFrame, value: str = "diff_pearson_r
     for (i, j), v in np.ndenumerate(grid):
         if np.isfinite(v):
             ax.text(j, i, f"{v:.2f}{'*' if sig[i, j] else ''}", ha="center", va="center", fontsize=7)
+    stars = ("* BH-adjusted p < 0.05 across the run's pairs" if p_col is not None
+             else "no stars: level p-values of autocorrelated series are not valid")
+    ax.set_title(_txt(f"{what}; {stars}"), fontsize=8)
     fig.colorbar(image, ax=ax, shrink=0.8, label=value)
     return fig
 
 
-def lead_lag_plot(xcorr: pl.DataFrame, correlations: pl.DataFrame, top: int = 6) -> Figure:
-    """r(k) against lag for the ``top`` pairs whose metric most strongly leads the axis (k >= 1).
+_RELATION_TEXT = {"lead": "metric leads", "lag": "axis leads", "same_step": "same step"}
 
-    Metrics whose r(k) curve repeats one already drawn (``kl`` and ``kl/value``) are skipped.
+
+def lead_lag_plot(xcorr: pl.DataFrame, correlations: pl.DataFrame, top: int = 6) -> Figure:
+    """The prewhitened cross-correlation r(k) against lag (steps) for up to ``top`` pairs.
+
+    Findings come first (``relation`` lead, lag or same_step: BH-adjusted pair test < 0.05 and
+    |r| >= 0.1), each marked at its reported lag and labelled with its relation; the rest of the
+    panel is filled with the strongest non-findings, dashed. Aliases have no curve of their own.
     """
-    ranked = correlations.drop_nulls("lead_r").sort(["lead_p_adj", pl.col("lead_r").abs()],
-                                                    descending=[False, True], nulls_last=True)
+    if "relation" not in correlations.columns:
+        correlations = correlations.with_columns(relation=pl.lit("none"))
+    ranked = (correlations.drop_nulls("lag_r")
+              .with_columns(_finding=pl.col("relation").is_in(list(_RELATION_TEXT)))
+              .sort(["_finding", "lag_p_adj", pl.col("lag_r").abs()], descending=[True, False, True],
+                    nulls_last=True))
     if ranked.is_empty():
         return _empty("no lagged correlations")
     fig = Figure(figsize=(_WIDTH, 4.0))
-    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.14, top=0.95)
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.14, top=0.93)
     ax = fig.subplots()
     drawn: list[np.ndarray] = []
     for r in ranked.iter_rows(named=True):
         f = xcorr.filter((pl.col("axis") == r["axis"]) & (pl.col("metric") == r["metric"])
                          & (pl.col("kind") == r["kind"])).sort("lag")
-        curve = f["r"].to_numpy()
+        curve = f["r"].to_numpy().astype(float)
         if any(len(c) == len(curve) and np.allclose(c, curve, equal_nan=True) for c in drawn):
             continue
         i = len(drawn)
         drawn.append(curve)
-        ax.plot(f["lag"].to_numpy(), curve, marker=".", color=f"C{i}",
-                label=_txt(f"{r['metric']} → {r['axis']} (lead {r['lead_k']}, r={r['lead_r']:.2f})"))
-        ax.plot([r["lead_k"]], [r["lead_r"]], marker="o", markersize=9, color=f"C{i}", fillstyle="none")
+        found = r["_finding"]
+        if found:
+            ci = (f", CI {r['lag_ci_lo']:+d}..{r['lag_ci_hi']:+d}"
+                  if r.get("lag_ci_lo") is not None and r.get("lag_ci_hi") is not None else "")
+            text = f"{r['metric']} → {r['axis']}: {_RELATION_TEXT[r['relation']]} ({r['best_lag']:+d}{ci}), r={r['lag_r']:.2f}"
+        else:
+            text = f"{r['metric']} → {r['axis']}: no finding (peak {r['best_lag']:+d}, r={r['lag_r']:.2f})"
+        ax.plot(f["lag"].to_numpy(), curve, marker=".", color=f"C{i}", linestyle="-" if found else "--",
+                alpha=1.0 if found else 0.6, label=_txt(text))
+        if found:
+            ax.plot([r["best_lag"]], [r["lag_r"]], marker="o", markersize=9, color=f"C{i}", fillstyle="none")
         if len(drawn) == top:
             break
     ax.axvline(0, color="0.5", linewidth=0.8)
     ax.axhline(0, color="0.5", linewidth=0.8)
+    for level in (-0.1, 0.1):  # below |r| = 0.1 nothing is called a finding
+        ax.axhline(level, color="0.7", linewidth=0.6, linestyle=":")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("lag k (k > 0: the metric's changes precede the axis's by k steps)")
-    ax.set_ylabel("corr(Δmetric[t], Δaxis[t+k])")
+    ax.set_xlabel("lag k in steps (k > 0: the metric's changes precede the axis's by k steps)")
+    ax.set_ylabel("r(k) = corr(e_metric[t], e_axis[t+k])")
+    ax.set_title("prewhitened cross-correlation (one AR filter per pair); o = reported lag of a finding",
+                 fontsize=8)
     ax.legend(fontsize=7, loc="best")
     return fig
 
