@@ -13,52 +13,54 @@ Method:
 1. **Scale.** A binary axis (every step's ``std`` is what 0/1 samples give) is
    put through Anscombe's (1948) arcsine-root transform, so that its sampling
    variance no longer depends on its level (a proportion near 0 is quiet, near
-   0.5 loud). Other axes keep their scale; where ``std``/``n`` are logged, the
-   white-noise part of the model follows the step's smoothed standard error.
-2. **Noise model** (after DeCAFS, Romano, Rigaill, Runge & Fearnhead 2022,
-   JASA): ``y_t = mu_t + x_t + e_t`` with a random-walk drift (variance ``q``
-   per step), a stationary AR(1) ``x_t`` (variance ``a``, coefficient ``phi``)
-   and white noise ``e_t`` (variance ``s``). Its variogram
-   ``V(k) = 2 s + k q + 2 a (1 - phi^k)`` is fitted (non-negative least squares
-   on a grid of ``phi``) to robust estimates of ``Var(y_{t+k} - y_t)``,
-   ``k = 1..K``, from the median absolute deviation, so that the changes
-   themselves barely move it.
+   0.5 loud). Where ``std``/``n`` are logged, the noise of each step follows
+   its smoothed sampling variance ``std^2 / n``.
+2. **Noise model** (:mod:`analysis.noise_model`, after DeCAFS, Romano,
+   Rigaill, Runge & Fearnhead 2022): white sampling noise + random-walk drift
+   + AR(1) wobble, fitted to robust variances of ``y[t+k] - y[t]``.
 3. **Scan** (multiscale MOSUM: Eichinger & Kirch 2018, Bernoulli; Cho & Kirch
-   2022): at bandwidths ``h = min_size * 2^j`` the difference of the means of
-   the ``h`` steps after and before each step, divided by its standard
-   deviation *under the fitted noise model* (exact, from the variogram). Drift
-   and wobble therefore widen the threshold instead of making stairs.
-4. **Test.** A step is a candidate where ``|T|`` exceeds the Bonferroni bound
-   over all scales and positions (every position of every scale counted as a
-   test) at family-wise level ``alpha``; ``p_value`` is that bound's p-value.
-   A change must also be at least ``min_effect`` noise SDs in size.
-5. **Shape and place.** Same-direction candidates whose windows overlap are
-   one change. In its window a flat-ramp-flat curve is fitted by least
-   squares over every (start, end); the change is a jump when the fitted ramp
-   is shorter than the jump's 95% location interval (Bai 1994:
-   ``+-11 sigma^2 / delta^2``), otherwise a phase with ``onset_step`` at 10%
-   and ``end_step`` at 90% of the fitted ramp; its interval is the set of
-   ramps whose residual sum of squares is within a chi-square(2) cut-off of
-   the best (profile likelihood, with the long-run noise variance).
+   2022): at widths ``h = min_size * 2^j <= n/4`` the difference of the means
+   of the ``h`` steps after and before each step, divided by its exact
+   standard deviation *under the fitted noise model*. Drift and wobble
+   therefore widen the threshold instead of being cut into stairs.
+4. **Test.** The threshold is the ``1 - alpha`` quantile of the scan's
+   maximum over every position and width for white noise of the same length
+   (Monte Carlo, 2,000 series, fixed seed; conservative for smoother noise,
+   which has fewer independent positions); ``p_value`` is that family-wise
+   p-value (Bonferroni beyond the simulated range). A change smaller than
+   ``min_effect`` noise SDs is not reported. A change inflates the variogram
+   as drift does, so the noise model is refitted leaving out the differences
+   that span the likeliest change (even before it passes) and every change
+   found; changes are then judged by the refit at ``alpha / 2`` (Bonferroni
+   over the two noise models).
+5. **Shape and place.** Same-direction detections whose windows overlap are
+   one change. Over its window a flat-ramp-flat curve is fitted by least
+   squares for every (start, end): the change is a **jump** when a ramp of
+   length zero is inside the 95% profile-likelihood set (chi-square(2) with
+   the long-run noise variance), otherwise a **phase** with ``onset_step`` and
+   ``end_step`` at 10% and 90% of the best ramp. The 95% interval of where it
+   happened (``onset_lo``, ``end_hi``) is Bai's (1994) ``+-11.03 sigma^2 /
+   delta^2`` for a jump, the extremes of the 10%/90% points over the profile
+   set for a phase.
 
 ``before``/``after`` are the fitted levels either side on the axis's own
-scale; ``size`` is the change in noise SDs (``sqrt(s + a)``, the step-to-step
-noise), ``z`` its scan statistic. Calibration on null and planted series:
-``benchmarks/calibrate_transitions.py``; the table is in ``docs/analysis.md``.
+scale; ``size`` is the change in noise SDs (``sqrt(s + a + q)`` of the model,
+at its typical step); ``z`` is the scan statistic. Calibration on null and
+planted series: ``benchmarks/calibrate_transitions.py``; the table is in
+``docs/analysis.md``.
 
-Departures from the papers: the noise model's parameters come from a
-variogram fit, not DeCAFS's robust estimator of the same moments, and the
-changes are found by the MOSUM scan rather than DeCAFS's penalised dynamic
-programme (the scan is O(n) per scale and its threshold is explicit); the
-Bonferroni bound replaces the MOSUM asymptotic critical value (conservative
-and valid for short series); the merge across scales keeps every window that
-overlaps, rather than Cho & Kirch's bottom-up localisation; series longer
-than ``max_points`` are averaged into that many bins, and a jump is then
-placed on the raw steps.
+Departures from the papers: DeCAFS's penalised dynamic programme is replaced
+by the MOSUM scan under DeCAFS's noise model (the scan is O(n) per width and
+its threshold explicit); the MOSUM asymptotic critical value is replaced by a
+simulated one (the asymptotics are poor for n/h < 50); Cho & Kirch's
+bottom-up merge across widths is replaced by merging overlapping windows and
+a ramp fit; series longer than ``max_points`` are averaged into that many
+bins, and a jump is then placed on the raw steps.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -66,16 +68,15 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import polars as pl
 
+from analysis.noise_model import NoiseModel, fit_noise, is_binary, mosum_var, sampling_variance
+
 __all__ = ["Transition", "NoiseModel", "SeriesChanges", "analyse_series", "detect_transitions",
            "transitions_table", "BAI_95"]
 
 #: 97.5% quantile of |argmax_s W(s) - |s|/2| (Bai 1994, Table 1): a jump's 95%
 #: location interval is +- BAI_95 * sigma^2 / delta^2 steps.
 BAI_95 = 11.03
-_PHIS = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99)
 _CHI2_2_95 = 5.991
-#: variance of a standard normal truncated to +-3.5
-_TRUNCATED_VAR = 1 - 7 * math.exp(-3.5**2 / 2) / math.sqrt(2 * math.pi) / math.erf(3.5 / math.sqrt(2))
 
 
 @dataclass(frozen=True)
@@ -104,31 +105,6 @@ class Transition:
 
 
 @dataclass(frozen=True)
-class NoiseModel:
-    """Variances per step of the fitted noise: white ``s``, drift ``q``, AR(1) ``a`` with ``phi``."""
-
-    s: float
-    q: float
-    a: float
-    phi: float
-
-    def variogram(self, k: np.ndarray) -> np.ndarray:
-        k = np.asarray(k, dtype=float)
-        v = 2 * self.s + k * self.q + 2 * self.a * (1 - self.phi**k)
-        return np.where(k == 0, 0.0, v)
-
-    @property
-    def sd(self) -> float:
-        """Step-to-step noise SD: the unit of ``Transition.size``."""
-        return math.sqrt(self.s + self.a + self.q)
-
-    @property
-    def long_run_var(self) -> float:
-        """Long-run variance of the stationary part (drift left out): Bai's sigma^2."""
-        return self.s + self.a * (1 + self.phi) / max(1 - self.phi, 1e-3) + self.q
-
-
-@dataclass(frozen=True)
 class SeriesChanges:
     """What :func:`analyse_series` found: the changes, or the reason there are none."""
 
@@ -137,119 +113,11 @@ class SeriesChanges:
     noise: NoiseModel | None = None
 
 
-def _robust_var(d: np.ndarray, centre: bool = True) -> float:
-    """Variance of ``d`` about its median, values beyond 3.5 robust SDs left out (and corrected for).
-
-    More efficient than the squared MAD (the threshold depends on this), and
-    as indifferent to the few differences that straddle a change.
-    """
-    d = d[np.isfinite(d)]
-    if len(d) < 4:
-        return math.nan
-    centred = d - (np.median(d) if centre else 0.0)
-    mad = 1.4826 * float(np.median(np.abs(centred)))
-    if mad == 0:  # mostly exactly equal steps: fall back on the spread of the rest
-        return float(np.var(d))
-    kept = centred[np.abs(centred) <= 3.5 * mad]
-    return float(np.mean(kept**2)) / _TRUNCATED_VAR
-
-
-def fit_noise(y: np.ndarray, exclude: Sequence[tuple[int, int]] = (), white: float | None = None,
-              scale: np.ndarray | None = None) -> NoiseModel:
-    """Fit ``V(k) = 2s + kq + 2a(1 - phi^k)`` to robust lag-k difference variances.
-
-    ``exclude``: index ranges ``[start, stop)`` of (suspected) changes; a
-    difference ``y[t+k] - y[t]`` that spans one is left out, so that a change
-    does not pass for drift. ``white``: the white-noise variance when it is
-    known (the logged sampling variance), else it is fitted too. ``scale``:
-    each step's relative noise variance (median 1); the model is fitted to
-    differences divided by it, i.e. every noise component scales with it.
-    """
-    from scipy.optimize import nnls
-
-    # lags 1..8, then geometric to n/8: drift matters at the scan's long windows, and is measured there
-    lags = np.unique(np.concatenate([np.arange(1, 9), np.geomspace(8, max(8, len(y) // 8), 10).astype(int)]))
-    lags = lags[lags <= max(2, len(y) // 8)]
-    v = np.empty(len(lags))
-    for i, k in enumerate(lags):
-        d = y[k:] - y[:-k]
-        if scale is not None:
-            d = d / np.sqrt((scale[k:] + scale[:-k]) / 2)
-        keep = np.ones(len(d), dtype=bool)
-        for start, stop in exclude:  # d[t] spans [t, t + k]: drop it when that meets [start - 1, stop]
-            keep[max(0, start - k):max(0, stop)] = False
-        v[i] = _robust_var(d[keep], centre=False)
-    ok = np.isfinite(v) & (v > 0)
-    if ok.sum() == 0:
-        return NoiseModel(0.0, 0.0, 0.0, 0.0)
-    lags, v = lags[ok], v[ok]
-    w = 1.0 / (v * np.sqrt(lags))  # 1 / SE of each estimate: relative error grows as sqrt(k / n)
-    best, best_err = NoiseModel(float(v[0]) / 2, 0.0, 0.0, 0.0), math.inf
-    target = v if white is None else v - 2 * white
-    for phi in _PHIS:
-        cols = np.column_stack([np.full(len(lags), 2.0), lags.astype(float), 2 * (1 - phi**lags)])
-        if white is not None:
-            cols = cols[:, 1:]
-        coef, _ = nnls(cols * w[:, None], target * w)
-        err = float(np.sum(((cols @ coef - target) * w) ** 2))
-        if white is not None:
-            coef = np.concatenate([[white], coef])
-        if err < best_err - 1e-12:
-            best, best_err = NoiseModel(float(coef[0]), float(coef[1]), float(coef[2]), phi), err
-    return best
-
-
-def _mosum_var(noise: NoiseModel, h: int) -> tuple[float, float]:
-    """(variance of the after-minus-before mean difference over h steps, its white-noise part)."""
-    a = np.concatenate([np.full(h, -1.0 / h), np.full(h, 1.0 / h)])
-    idx = np.arange(2 * h)
-    vario = noise.variogram(np.abs(idx[:, None] - idx[None, :]))
-    total = float(-0.5 * a @ vario @ a)
-    white = 2 * noise.s / h
-    return max(total, 1e-300), white
-
-
 def _window_means(c: np.ndarray, h: int) -> tuple[np.ndarray, np.ndarray]:
     """For t = h..n-h: mean of [t-h, t) and of [t, t+h) (``c`` = cumsum with a leading 0)."""
     n = len(c) - 1
     t = np.arange(h, n - h + 1)
     return (c[t] - c[t - h]) / h, (c[t + h] - c[t]) / h
-
-
-def _binary(mean: np.ndarray, std: np.ndarray | None, n: np.ndarray | None) -> bool:
-    """Every step's std is that of 0/1 samples with this mean."""
-    if std is None or n is None:
-        return False
-    ok = np.isfinite(std) & (n >= 2)
-    if ok.sum() < 0.5 * len(mean) or np.any((mean < 0) | (mean > 1)):
-        return False
-    m, k = mean[ok], n[ok]
-    expect = m * (1 - m) * k / (k - 1)
-    return bool(np.allclose(std[ok] ** 2, expect, rtol=1e-6, atol=1e-9))
-
-
-def _sampling(std: np.ndarray | None, n: np.ndarray | None, binary: bool,
-              size: int) -> tuple[float | None, np.ndarray | None]:
-    """(typical sampling variance of a step mean, its relative size per step, smoothed); None when not logged.
-
-    On the Anscombe scale a binary step of n samples has variance 1 / (4n + 2).
-    """
-    if n is None:
-        return None, None
-    if binary:
-        var = 1.0 / (4 * np.maximum(n, 1) + 2)
-    elif std is None:
-        return None, None
-    else:
-        var = np.where((n >= 2) & np.isfinite(std), std**2 / np.maximum(n, 1), np.nan)
-        if np.isfinite(var).sum() < 0.5 * len(var):
-            return None, None
-        var = pl.Series(var).fill_nan(None).rolling_mean(size, min_samples=1, center=True)
-        var = var.fill_null(strategy="forward").fill_null(strategy="backward").to_numpy()
-    typical = float(np.median(var))
-    if not typical > 0:
-        return None, None
-    return typical, np.maximum(var / typical, 0.2)
 
 
 def _ramp_fit(y: np.ndarray, lo: int, hi: int, stride: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -329,8 +197,8 @@ def _refine(y: np.ndarray, lo: int, cut: int, hi: int, radius: int) -> int:
 
 
 def _candidates(z: np.ndarray, noise: NoiseModel, weights: np.ndarray | None, min_size: int,
-                alpha: float, seed: bool = False) -> tuple[list[tuple[int, int, float]], float, float]:
-    """(position, bandwidth, T) of local scan maxima over the threshold; the threshold; the test count.
+                alpha: float, seed: bool = False) -> tuple[list[tuple[int, int, float]], np.ndarray, float]:
+    """(position, bandwidth, T) of local scan maxima over the threshold; the null maxima; the test count.
 
     ``seed``: with none over it, the largest scale's maximum anyway (a trial change).
     """
@@ -342,8 +210,10 @@ def _candidates(z: np.ndarray, noise: NoiseModel, weights: np.ndarray | None, mi
     while h <= max(min_size, n // 4):
         scales.append(h)
         h *= 2
-    tests = sum(n - 2 * h + 1 for h in scales if 2 * h <= n)
-    crit = float(norm.isf(alpha / (2 * tests)))
+    scales = [h for h in scales if 2 * h <= n]
+    tests = sum(n - 2 * h + 1 for h in scales)
+    null = _null_maxima(n, tuple(scales))
+    crit = float(np.quantile(null, 1 - alpha)) if len(null) else float(norm.isf(alpha / (2 * tests)))
     c = np.concatenate([[0.0], np.cumsum(z)])
     cw = None if weights is None else np.concatenate([[0.0], np.cumsum(weights)])
     found = []
@@ -351,7 +221,7 @@ def _candidates(z: np.ndarray, noise: NoiseModel, weights: np.ndarray | None, mi
         if 2 * h > n:
             break
         left, right = _window_means(c, h)  # (n - 2h + 1,) each
-        total, white = _mosum_var(noise, h)
+        total, white = mosum_var(noise, h)
         var = np.full(len(left), total)
         if cw is not None:  # the noise follows the local sampling variance
             t = np.arange(h, n - h + 1)
@@ -373,7 +243,43 @@ def _candidates(z: np.ndarray, noise: NoiseModel, weights: np.ndarray | None, mi
         stat, h = last
         k = int(np.argmax(np.abs(stat)))
         found.append((k + h, h, float(stat[k])))
-    return found, crit, tests
+    return found, null, tests
+
+
+NULL_SIMULATIONS = 2000
+
+
+@functools.lru_cache(maxsize=64)
+def _null_maxima(n: int, scales: tuple[int, ...]) -> np.ndarray:
+    """Sorted max over positions and scales of |T| for white noise of length n (Monte Carlo, fixed seed).
+
+    The exact family-wise threshold of the scan where the noise is white; for smoother noise
+    (drift, wobble) it is conservative, as that scan has fewer effectively independent positions.
+    """
+    if not scales:
+        return np.zeros(0)
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(NULL_SIMULATIONS // 250):
+        x = rng.standard_normal((250, n))
+        c = np.concatenate([np.zeros((250, 1)), np.cumsum(x, axis=1)], axis=1)
+        best = np.zeros(250)
+        for h in scales:
+            t = np.arange(h, n - h + 1)
+            stat = ((c[:, t + h] - c[:, t]) - (c[:, t] - c[:, t - h])) / np.sqrt(2 * h)
+            best = np.maximum(best, np.abs(stat).max(axis=1))
+        out.append(best)
+    return np.sort(np.concatenate(out))
+
+
+def _p_value(null: np.ndarray, stat: float, tests: float) -> float:
+    """Family-wise p of a scan maximum: Monte Carlo where it resolves it, Bonferroni beyond."""
+    from scipy.stats import norm
+
+    bonferroni = min(1.0, float(2 * tests * norm.sf(abs(stat))))
+    if len(null) == 0 or abs(stat) > null[-1]:
+        return bonferroni
+    return min(bonferroni, (len(null) - np.searchsorted(null, abs(stat)) + 1) / (len(null) + 1))
 
 
 def _groups(found: list[tuple[int, int, float]]) -> list[list[tuple[int, int, float]]]:
@@ -428,11 +334,11 @@ def analyse_series(
     reason = _reason(y, min_size)
     if reason:
         return SeriesChanges([], reason)
-    binary = _binary(y, std_arr, n_arr)
+    binary = is_binary(y, std_arr, n_arr)
     z = y
     if binary:  # Anscombe (1948): k successes of n -> arcsin sqrt((k + 3/8) / (n + 3/4))
         z = np.arcsin(np.sqrt((np.rint(y * n_arr) + 0.375) / (n_arr + 0.75)))
-    white, weights = _sampling(std_arr, n_arr, binary, 4 * min_size)
+    white, weights = sampling_variance(std_arr, n_arr, binary, 4 * min_size)
     raw_y, raw_z = y, z
     starts = np.arange(len(y))
     if len(y) > max_points:
@@ -451,7 +357,9 @@ def analyse_series(
     changes = _locate(z, noise, weights, min_size, alpha, seed=True, binned=binned)
     level = alpha
     for _ in range(3):
-        spans = [(c.lo + c.a, c.lo + c.b + 1) for c in changes if c.b - c.a < len(z) // 4]
+        # a trial change is left out only as a jump (one step); a phase only once it is significant
+        spans = [(c.lo + c.a, c.lo + c.b + 1) for c in changes
+                 if c.b - c.a < len(z) // 4 and (c.jump or c.p_value <= level)]
         if not spans:
             break
         noise, level = _floored(fit_noise(z, exclude=spans, white=white, scale=weights), floor), alpha / 2
@@ -492,9 +400,8 @@ class _Change:
 def _locate(z: np.ndarray, noise: NoiseModel, weights: np.ndarray | None, min_size: int,
             alpha: float, seed: bool = False, binned: bool = False) -> list[_Change]:
     """The changes on ``z``; ``binned``: a jump inside a bin looks like a one-bin ramp."""
-    from scipy.stats import norm
 
-    found, _, tests = _candidates(z, noise, weights, min_size, alpha, seed)
+    found, null, tests = _candidates(z, noise, weights, min_size, alpha, seed)
     groups = _groups(found)
     centres = [int(np.median([p for p, _, _ in g])) for g in groups]
     sigma2 = noise.long_run_var
@@ -520,7 +427,7 @@ def _locate(z: np.ndarray, noise: NoiseModel, weights: np.ndarray | None, min_si
             span = (lo + float(np.min(a[accept] + 0.1 * (b[accept] - a[accept]))),
                     lo + float(np.max(a[accept] + 0.9 * (b[accept] - a[accept]))))
         before, after = _levels(z, lo, hi, ja, jb)
-        p = min(1.0, float(2 * tests * norm.sf(abs(stat))))
+        p = _p_value(null, stat, tests)
         out.append(_Change(lo, hi, ja, jb, after - before, stat, p, jump, span))
     return out
 

@@ -72,13 +72,14 @@ def calibrate(seeds: int = 50, length: int = 400) -> list[dict]:
     rows = []
     steps = np.arange(1, length + 1)
     for name, (kind, gen, at, d) in families(length).items():
-        jumps = phases = found = 0
+        jumps = phases = anything = found = 0
         started = time.perf_counter()
         for seed in range(seeds):
             mean, n, std = gen(np.random.default_rng(seed))
             got = analyse_series(steps, mean, n=n, std=std).transitions
             jumps += any(x.shape == "jump" for x in got)
             phases += any(x.shape == "phase" for x in got)
+            anything += bool(got)
             if kind == "jump":
                 tol = 12 / d**2
                 found += any(x.shape == "jump" and abs(x.onset_step - steps[at]) <= tol for x in got)
@@ -86,7 +87,7 @@ def calibrate(seeds: int = 50, length: int = 400) -> list[dict]:
                 found += sum(x.shape == "phase" and x.onset_step <= steps[at] <= x.end_step for x in got) == 1 \
                     and len(got) == 1
         rows.append({"family": name, "kind": kind, "runs": seeds, "any_jump": jumps / seeds,
-                     "any_phase": phases / seeds, "found": found / seeds if kind != "null" else None,
+                     "any_phase": phases / seeds, "any": anything / seeds, "found": found / seeds if kind != "null" else None,
                      "seconds": time.perf_counter() - started})
     return rows
 
@@ -98,11 +99,12 @@ def main() -> None:
     args = parser.parse_args()
     rows = calibrate(args.seeds, args.steps)
     print(f"{args.seeds} seeds, {args.steps} steps, {SAMPLES} samples/step; step SD {STEP_SD:.3f}")
-    print(f"| {'family':28} | runs with a jump | runs with a phase | found (planted) |")
-    print(f"|{'-' * 30}|------------------|-------------------|-----------------|")
+    print(f"| {'family':28} | runs with a jump | runs with a phase | runs with any | found (planted) |")
+    print(f"|{'-' * 30}|------------------|-------------------|---------------|-----------------|")
     for r in rows:
-        found = "" if r["found"] is None else f"{r['found']:.0%}"
-        print(f"| {r['family']:28} | {r['any_jump']:>16.0%} | {r['any_phase']:>17.0%} | {found:>15} |")
+        found = "" if r["found"] is None else f"{r['found']:.1%}"
+        print(f"| {r['family']:28} | {r['any_jump']:>16.1%} | {r['any_phase']:>17.1%} | {r['any']:>13.1%} "
+              f"| {found:>15} |")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from analysis.transitions import BAI_95, analyse_series, changes_tables, detect_transitions, fit_noise
+from analysis.noise_model import fit_noise
+from analysis.transitions import BAI_95, analyse_series, changes_tables, detect_transitions
 
 STEPS = np.arange(1, 401)
 
