@@ -141,6 +141,11 @@ MIN_CHANGES = 10
 _RELATIONS = ("lead", "lag", "same_step")
 
 
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    """Inner product without BLAS: multithreaded BLAS on many short products stalls on a busy machine."""
+    return float(np.einsum("i,i->", a, b))
+
+
 def _flat(v: np.ndarray) -> bool:
     """Constant up to rounding (a filtered constant is not exactly constant)."""
     return bool(np.ptp(v) <= 1e-9 * np.abs(v).max())
@@ -218,7 +223,7 @@ def ar_fit(x: np.ndarray, max_order: int = 10) -> np.ndarray:
     # Centred normal equations: one Gram matrix serves every order (the intercept is the centring).
     y = target[ok] - target[ok].mean()
     lags = lagged[ok] - lagged[ok].mean(axis=0)
-    gram, cross, total = lags.T @ lags, lags.T @ y, float(y @ y)
+    gram, cross, total = np.einsum("ti,tj->ij", lags, lags), np.einsum("ti,t->i", lags, y), _dot(y, y)
     best, best_aic = np.zeros(0), t_rows * np.log(max(total / t_rows, 1e-300)) + 2
     for p in range(1, order + 1):
         try:
@@ -304,14 +309,14 @@ def _acf(x: np.ndarray, lags: int) -> np.ndarray:
     if n < 3:
         return out
     x0 = np.where(mask, x - x[mask].mean(), 0.0)
-    var = float(x0 @ x0) / n
+    var = _dot(x0, x0) / n
     if var <= 0:
         return out
     mf = mask.astype(float)
     for j in range(1, min(lags, len(x) - 1) + 1):
-        cnt = float(mf[:-j] @ mf[j:])
+        cnt = _dot(mf[:-j], mf[j:])
         if cnt > 0:
-            out[j - 1] = float(x0[:-j] @ x0[j:]) / cnt / var
+            out[j - 1] = _dot(x0[:-j], x0[j:]) / cnt / var
     return out
 
 
@@ -441,8 +446,26 @@ def _align(a: _Gridded, b: _Gridded, xa: np.ndarray, xb: np.ndarray):
     return out_a, out_b
 
 
+def _run(mask: np.ndarray) -> tuple[int, int] | None:
+    """(first, last + 1) when the True entries of ``mask`` are one contiguous run, else None."""
+    idx = np.flatnonzero(mask)
+    if len(idx) and idx[-1] - idx[0] + 1 == len(idx):
+        return int(idx[0]), int(idx[-1]) + 1
+    return None
+
+
+def _overlap(k: int, run_x: tuple[int, int], run_y: tuple[int, int]) -> tuple[int, int]:
+    """The t with x[t] in run_x and y[t + k] in run_y, as [lo, hi) (empty: hi <= lo)."""
+    return max(run_x[0], run_y[0] - k), min(run_x[1], run_y[1] - k)
+
+
 def _profile(x: np.ndarray, y: np.ndarray, lags: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pearson ``r(k) = corr(x[t], y[t + k])`` and pair counts for k = -lags..lags (exact, NaN-aware)."""
+    """Pearson ``r(k) = corr(x[t], y[t + k])`` and pair counts for k = -lags..lags (exact, NaN-aware).
+
+    When each series' finite values form one run (the usual case: only the first p AR
+    residuals are missing), counts and sums come from prefix sums and only the cross
+    product is summed per lag.
+    """
     mx, my = np.isfinite(x), np.isfinite(y)
     length = len(x)
     ks = np.arange(-lags, lags + 1)
@@ -452,26 +475,37 @@ def _profile(x: np.ndarray, y: np.ndarray, lags: int) -> tuple[np.ndarray, np.nd
         return r, n
     x0 = np.where(mx, x - x[mx].mean(), 0.0)
     y0 = np.where(my, y - y[my].mean(), 0.0)
-    fx, fy = mx.astype(float), my.astype(float)
     x2, y2 = x0 * x0, y0 * y0
+    run_x, run_y = _run(mx), _run(my)
+    if run_x is not None and run_y is not None:
+        cx, cxx = np.concatenate([[0.0], np.cumsum(x0)]), np.concatenate([[0.0], np.cumsum(x2)])
+        cy, cyy = np.concatenate([[0.0], np.cumsum(y0)]), np.concatenate([[0.0], np.cumsum(y2)])
+    fx, fy = mx.astype(float), my.astype(float)
     for j, k in enumerate(ks):
         if abs(k) >= length:
             continue
-        if k >= 0:
-            a, b = slice(0, length - k), slice(k, length)
+        if run_x is not None and run_y is not None:
+            lo, hi = _overlap(int(k), run_x, run_y)
+            cnt = float(max(hi - lo, 0))
+            n[j] = int(cnt)
+            if cnt < _MIN_LAG_PAIRS:
+                continue
+            sx, sy = cx[hi] - cx[lo], cy[hi + k] - cy[lo + k]
+            scale_x, scale_y = cxx[hi] - cxx[lo], cyy[hi + k] - cyy[lo + k]
+            sxy = _dot(x0[lo:hi], y0[lo + k : hi + k])
         else:
-            a, b = slice(-k, length), slice(0, length + k)
-        ma, mb = fx[a], fy[b]
-        cnt = float(ma @ mb)
-        n[j] = int(cnt)
-        if cnt < _MIN_LAG_PAIRS:
-            continue
-        xa, yb = x0[a], y0[b]
-        sx, sy = float(xa @ mb), float(ma @ yb)
-        vx = float(x2[a] @ mb) - sx * sx / cnt
-        vy = float(ma @ y2[b]) - sy * sy / cnt
-        cov = float(xa @ yb) - sx * sy / cnt
-        scale_x, scale_y = float(x2[a] @ mb), float(ma @ y2[b])
+            a, b = (slice(0, length - k), slice(k, length)) if k >= 0 else (slice(-k, length), slice(0, length + k))
+            ma, mb = fx[a], fy[b]
+            cnt = _dot(ma, mb)
+            n[j] = int(cnt)
+            if cnt < _MIN_LAG_PAIRS:
+                continue
+            sx, sy = _dot(x0[a], mb), _dot(ma, y0[b])
+            scale_x, scale_y = _dot(x2[a], mb), _dot(ma, y2[b])
+            sxy = _dot(x0[a], y0[b])
+        vx = scale_x - sx * sx / cnt
+        vy = scale_y - sy * sy / cnt
+        cov = sxy - sx * sy / cnt
         if vx <= 1e-12 * scale_x or vy <= 1e-12 * scale_y or vx <= 0 or vy <= 0:
             continue
         r[j] = float(np.clip(cov / math.sqrt(vx * vy), -1.0, 1.0))
@@ -499,7 +533,7 @@ def _bootstrap(x: np.ndarray, y: np.ndarray, lags: int, seed: int) -> tuple[np.n
     mx, my = np.isfinite(x), np.isfinite(y)
     xs = np.where(mx, (x - x[mx].mean()) / (x[mx].std() or 1.0), 0.0)
     ys = np.where(my, (y - y[my].mean()) / (y[my].std() or 1.0), 0.0)
-    complete = bool(mx.all() and my.all())
+    run_x, run_y = _run(mx), _run(my)
     fx, fy = mx.astype(float), my.astype(float)
     length = len(x)
     cols = 2 * lags + 1
@@ -517,8 +551,9 @@ def _bootstrap(x: np.ndarray, y: np.ndarray, lags: int, seed: int) -> tuple[np.n
         buf[:lo], buf[hi:] = 0.0, 0.0
         np.multiply(xs[lo:hi], ys[lo + k : hi + k], out=buf[lo:hi])
         prod[:, j] = buf.reshape(bins, width).sum(axis=1)
-        if complete:
-            count[:, j] = np.clip(np.minimum(hi, edges + width) - np.maximum(lo, edges), 0, None)
+        if run_x is not None and run_y is not None:  # valid t form one run: count it per bin
+            vlo, vhi = _overlap(k, run_x, run_y)
+            count[:, j] = np.clip(np.minimum(vhi, edges + width) - np.maximum(vlo, edges), 0, None)
         else:
             np.multiply(fx[lo:hi], fy[lo + k : hi + k], out=buf[lo:hi])
             count[:, j] = buf.reshape(bins, width).sum(axis=1)
@@ -533,9 +568,10 @@ def _bootstrap(x: np.ndarray, y: np.ndarray, lags: int, seed: int) -> tuple[np.n
     sum_p, sum_c = block_sums(prod), block_sums(count)
     rng = np.random.default_rng(seed)
     picks = rng.integers(0, bins, size=(N_BOOT, n_blocks))
-    flat = (np.arange(N_BOOT)[:, None] * bins + picks).ravel()
-    weights = np.bincount(flat, minlength=N_BOOT * bins).reshape(N_BOOT, bins).astype(float)
-    num, den = weights @ sum_p, weights @ sum_c
+    num, den = np.zeros((N_BOOT, cols)), np.zeros((N_BOOT, cols))
+    for i in range(n_blocks):  # sums of the picked blocks (no BLAS, no large temporaries)
+        num += sum_p[picks[:, i]]
+        den += sum_c[picks[:, i]]
     with np.errstate(invalid="ignore", divide="ignore"):
         out = np.where(den > 0, num / np.maximum(den, 1.0), np.nan)
         approx = prod.sum(axis=0) / np.maximum(count.sum(axis=0), 1.0)  # the observed statistic, same form

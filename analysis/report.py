@@ -164,11 +164,11 @@ def _axes_table(rr: RunReport) -> str:
 def _correlation_table(rr: RunReport, limit: int = 25) -> str:
     varies = pl.col("pearson_r").is_not_null() & pl.col("pearson_r").is_not_nan()
     flat = rr.correlations.filter(~varies)
-    frame = rr.correlations.filter(varies).sort(["lag_p_adj", "diff_pearson_p_adj"], nulls_last=True)
-    cols = ["metric", "axis", "n", "pearson_r", "spearman_r", "diff_pearson_r", "diff_pearson_p_adj",
-            "best_lag", "lag_r", "lag_p_adj"]
+    frame = rr.correlations.filter(varies).sort(["pair_p_adj", "r0_p_adj"], nulls_last=True)
+    cols = ["metric", "axis", "n", "relation", "best_lag", "lag_ci_lo", "lag_ci_hi", "lag_r", "pair_p_adj", "r0",
+            "r0_p_adj", "diff_pearson_r", "pearson_r", "aliases"]
     rows = [[r[c] for c in cols] for r in frame.head(limit).iter_rows(named=True)]
-    html = table(cols, rows, [False, False] + [True] * 8)
+    html = table(cols, rows, [False, False, True, False] + [True] * 9 + [False])
     if frame.height > limit:
         html += f'<p class="muted">{frame.height - limit} more rows in the <code>correlations</code> table.</p>'
     constant = sorted(set(flat["metric"].to_list()) - set(frame["metric"].to_list()))
@@ -180,12 +180,16 @@ def _correlation_table(rr: RunReport, limit: int = 25) -> str:
 
 
 def _leads_table(rr: RunReport, per_axis: int = 3) -> str:
-    """Per axis, the metrics whose changes most significantly precede it (k >= 1)."""
-    leads = (rr.correlations.filter(pl.col("lead_p_adj") < 0.05)
-             .sort(["axis", "lead_p_adj", pl.col("lead_r").abs()], descending=[False, False, True])
+    """Per axis, the metrics that significantly move before it (relation ``lead``), with the lag's interval."""
+    leads = (rr.correlations.filter((pl.col("relation") == "lead") & (pl.col("pair_p_adj") < 0.05))
+             .sort(["axis", "pair_p_adj", pl.col("lag_r").abs()], descending=[False, False, True])
              .group_by("axis", maintain_order=True).head(per_axis))
-    rows = leads.select("axis", "metric", "lead_k", "lead_r", "lead_p_adj").rows()
-    return table(["axis", "metric", "leads by (steps)", "r", "p_adj"], rows, [False, False, True, True, True])
+    if leads.is_empty():
+        return '<p class="muted">No RL metric significantly moves before a reward axis.</p>'
+    rows = [(r["axis"], r["metric"], r["best_lag"], f"{r['lag_ci_lo']}–{r['lag_ci_hi']}", r["lag_r"], r["pair_p_adj"])
+            for r in leads.iter_rows(named=True)]
+    return table(["axis", "metric", "leads by (steps)", "95% interval", "r", "p_adj"], rows,
+                 [False, False, True, False, True, True])
 
 
 _GROK_STATUS = {
@@ -266,11 +270,16 @@ def write_run_page(out: Path, rr: RunReport) -> Path:
             _transition_notes_html(rr),
             "<h2>RL metrics</h2>", _figure(run_dir, "metrics.png", plots.metric_curves(rr.metrics), "RL metrics"),
             "<h2>Correlations</h2>",
-            '<p class="muted">Pearson on first differences of step means; * = BH-adjusted p &lt; 0.05.</p>',
+            '<p class="muted">r0: same-step correlation of the prewhitened step means (one AR filter per pair); '
+            "* = BH-adjusted p &lt; 0.05. Level correlations (pearson_r) carry no p-value: levels of "
+            "autocorrelated series correlate by chance. relation: the pair's finding (lead: the metric moves "
+            "first; lag: the axis does; same_step; none), from one test per pair, BH across the run's pairs.</p>",
             _figure(run_dir, "correlations.png", plots.correlation_heatmap(rr.correlations), "correlation heat map"),
             _correlation_table(rr), "<h2>Lead / lag</h2>",
-            '<p class="muted">best_lag = k &gt; 0: the metric\'s changes precede the axis\'s by k steps. '
-            "Metrics whose changes lead each axis (BH-adjusted p &lt; 0.05):</p>", _leads_table(rr),
+            '<p class="muted">A lead is claimed only when r(k) at the best k &gt; 0 is significantly stronger than '
+            "r(−k) and than the same-step r(0) (block bootstrap); metrics that move with an axis in the same step "
+            "are listed above as same_step, not here. Metrics that move before each axis (BH-adjusted p &lt; "
+            "0.05):</p>", _leads_table(rr),
             _figure(run_dir, "lead_lag.png", plots.lead_lag_plot(rr.xcorr, rr.correlations), "lead/lag"),
             "<h2>Per task</h2>", _figure(run_dir, "tasks.png", plots.task_curves(rr.task_fitness), "per-task curves"),
             "<h2>Eval vs train</h2>",

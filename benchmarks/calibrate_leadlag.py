@@ -42,7 +42,7 @@ import polars as pl
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from analysis.correlations import DEFAULT_MAX_LAG, correlate  # noqa: E402
+from analysis.correlations import DEFAULT_MAX_LAG, correlate  # noqa: E402 (after the sys.path insert)
 
 __all__ = ["calibrate", "null_frames", "lead_frames", "multi_frames", "speed_frames", "dense_frames",
            "time_correlate"]
@@ -313,7 +313,7 @@ def main() -> None:
     start = time.perf_counter()
     rows = calibrate(args.seeds, args.length, fn, args.max_lag)
     took = time.perf_counter() - start
-    print(f"| family | what | rate | target |\n|---|---|---|---|")
+    print("| family | what | rate | target |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['family']} | {r['what']} | {r['rate']:.3f} | {r['target']} |")
     print(f"\n{args.seeds} seeds, length {args.length}, max_lag {args.max_lag}: {took:.0f} s")

@@ -312,7 +312,7 @@ def test_small_calibration():
     for (family, what), rate in rows.items():
         if what == "runs with any lead/lag finding":
             assert rate <= 0.25, family
-        elif what.startswith("found as lead") or what.startswith("found as lag"):
+        elif what.startswith(("found as lead", "found as lag")):
             assert rate >= 0.75, family
         elif what == "called a lead or lag":
             assert rate == 0.0, family
