@@ -21,7 +21,7 @@ __all__ = ["analyze_runs", "DRILLDOWN_TRANSITIONS", "DRILLDOWN_STEPS", "DRILLDOW
 
 DRILLDOWN_TRANSITIONS = 8  # largest |delta| first
 #: A run's page is rewritten only when its log, the options or this version changed.
-REPORT_VERSION = 3
+REPORT_VERSION = 4
 STAMP = ".report-stamp"
 DRILLDOWN_STEPS = 3  # steps looked at either side
 DRILLDOWN_SAMPLES = 3  # completions shown either side: the extremes in the direction of the change
@@ -45,6 +45,10 @@ def _drilldown(runs: Runs, run_id: str, transitions: pl.DataFrame) -> list[tuple
             found.filter(pl.col("step") >= t["end_step"]).sort("value", descending=rising).head(DRILLDOWN_SAMPLES),
         ))
     return out
+
+
+def _json(value: object) -> dict:
+    return json.loads(value) if isinstance(value, str) else (value or {})
 
 
 def _notes(result: IngestResult, runs: Runs) -> list[str]:
@@ -95,16 +99,21 @@ def analyze_runs(
         for name, frame in (("fitness", fitness), ("task_fitness", task_fitness), ("correlations", correlations),
                             ("lead_lag", xcorr), ("transitions", transitions)):
             runs.write_table(name, frame)
+        truncation = runs.sql("SELECT run_id, step, avg(truncated::DOUBLE) AS truncated FROM samples "
+                              "GROUP BY run_id, step ORDER BY run_id, step")
         tables = {"fitness": fitness, "task_fitness": task_fitness, "metrics": metrics, "evals": runs.evals(),
                   "correlations": correlations, "xcorr": xcorr, "transitions": transitions,
-                  "transition_notes": transition_notes}
+                  "transition_notes": transition_notes, "truncation": truncation}
         parts = {name: _split(frame) for name, frame in tables.items()}
         errors = _split(runs.sql("SELECT run_id, line, field, message FROM ingest_errors ORDER BY run_id, line"))
+        weights = {r["run_id"]: _json(r["reward_weights"])  # each run's first run record
+                   for r in runs.sql("SELECT run_id, arg_min(reward_weights, segment) AS reward_weights FROM segments "
+                                     "GROUP BY run_id").iter_rows(named=True)}
         reports = []
         for run in runs.runs().iter_rows(named=True):
             run_id = run["run_id"]
             frames = {name: parts[name].get(run_id, frame.clear()) for name, frame in tables.items()}
-            rr = RunReport(run_id=run_id, run=run, **frames,
+            rr = RunReport(run_id=run_id, run=run, **frames, reward_weights=weights.get(run_id) or {},
                            errors=errors.get(run_id, pl.DataFrame()).head(20).to_dicts())
             reports.append(rr)
             stamp = out / run_id / STAMP
@@ -114,7 +123,6 @@ def analyze_runs(
             rr.drilldown = _drilldown(runs, run_id, rr.transitions)
             write_run_page(out, rr)
             stamp.write_text(key)
-        configs = {r["run_id"]: json.loads(r["config"]) if isinstance(r["config"], str) else (r["config"] or {})
-                   for r in runs.sql("SELECT run_id, arg_min(config, segment) AS config FROM segments "
+        configs = {r["run_id"]: _json(r["config"]) for r in runs.sql("SELECT run_id, arg_min(config, segment) AS config FROM segments "
                                      "GROUP BY run_id").iter_rows(named=True)}  # each run's first run record
         return write_index(out, reports, fitness, _notes(result, runs), configs)

@@ -18,6 +18,7 @@ from analysis import plots
 from analysis._html import esc, href, num, page, save_png, table
 from analysis.correlations import lead_lag
 from analysis.findings import run_findings
+from analysis.run_warnings import run_warnings
 from analysis.grokking import compare_runs as compare_grokking
 from analysis.grokking import grokking_summary
 
@@ -42,6 +43,9 @@ class RunReport:
     xcorr: pl.DataFrame
     transitions: pl.DataFrame
     transition_notes: pl.DataFrame = field(default_factory=pl.DataFrame)
+    truncation: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema={"step": pl.Int64,
+                                                                                 "truncated": pl.Float64}))
+    reward_weights: dict = field(default_factory=dict)
     drilldown: list[tuple[dict, pl.DataFrame, pl.DataFrame]] = field(default_factory=list)
     grok_threshold: float = GROK_THRESHOLD
     errors: list[dict] = field(default_factory=list)
@@ -84,6 +88,8 @@ def summary(rr: RunReport) -> dict:
         "steps": int(rr.run.get("n_steps") or 0),
         "last_step": rr.run.get("last_step"),
         "status": rr.run.get("status"),
+        "warnings": _jsonable(run_warnings(rr.fitness, rr.metrics, rr.evals, rr.transitions, rr.truncation,
+                                           rr.reward_weights)),
         "findings": [{k: _jsonable(v) for k, v in f.items()} for f in run_findings(rr.transitions, links, grokking)],
         "axes": axes,
         "lead_lag": links,
@@ -96,7 +102,19 @@ def _jsonable(value: object) -> object:
         return _finite(value)
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if hasattr(value, "item"):  # numpy scalars
+        return _jsonable(value.item())
     return value
+
+
+def _warnings_html(summ: dict) -> str:
+    if not summ["warnings"]:
+        return ""
+    items = "".join(f"<li><b>{esc(w['kind'])}</b>: {esc(w['message'])}</li>" for w in summ["warnings"])
+    return f'<h2 class="warn">Warnings</h2><ul class="warn">{items}</ul>'
+
 
 
 def _findings_html(summ: dict) -> str:
@@ -246,7 +264,8 @@ def write_run_page(out: Path, rr: RunReport) -> Path:
         [False] + [True] * 7 + [False],
     )
     body = [f'<nav><a href="{up}index.html">← all runs</a><a href="summary.json">summary.json</a></nav>',
-            f"<h1>{esc(rr.run_id)}</h1>", facts, "<h2>What happened</h2>", _findings_html(summ)]
+            f"<h1>{esc(rr.run_id)}</h1>", facts, _warnings_html(summ), "<h2>What happened</h2>",
+            _findings_html(summ)]
     if rr.errors:
         body.append('<h2 class="warn">Skipped lines</h2>')
         body.append(table(["line", "field", "problem"], [(e["line"], e["field"], e["message"]) for e in rr.errors],

@@ -34,6 +34,19 @@ def correctness_by_decile(log_path: Path) -> tuple[float, float, int]:
     return mean(steps[:n]), mean(steps[-n:]), len(steps)
 
 
+def eval_correctness(log_path: Path, split: str) -> tuple[float, float, int] | None:
+    """Greedy eval correctness on ``split`` at the first and the last eval, and the split's size."""
+    evals = [r for r in map(json.loads, log_path.open())
+             if r["kind"] == "eval" and r["split"] == split and "correctness" in r["metrics"]]
+    if len(evals) < 2:
+        return None
+    return evals[0]["metrics"]["correctness"], evals[-1]["metrics"]["correctness"], evals[-1]["n"]
+
+
+#: what "learned" means here: held-out correctness at the last eval this much above the first
+LEARNED = 0.2
+
+
 def main() -> int:
     quiet_transformers()
     started = time.time()
@@ -46,9 +59,20 @@ def main() -> int:
     config = TrainConfig.from_file(str(ROOT / "configs/demo/train.yaml"), model=str(RUNS / "model"))
     trainer = train(config)
     first, last, n = correctness_by_decile(trainer.run.log_path)
-    verdict = "learned" if last - first >= 0.2 else "did NOT learn enough"
     print(f"log: {trainer.run.log_path} ({n} steps)")
-    print(f"correctness: first 10% of steps {first:.3f} -> last 10% {last:.3f} ({verdict})")
+    print(f"training reward (sampled, train prompts): correctness {first:.3f} -> {last:.3f}")
+    train, held_out = (eval_correctness(trainer.run.log_path, split) for split in ("train", "test"))
+    if train:
+        print(f"greedy eval, train prompts:    correctness {train[0]:.3f} -> {train[1]:.3f} (n = {train[2]})")
+    if held_out is None:
+        print("held-out: no eval records, so no claim that it learned anything beyond its training prompts")
+    else:
+        gain = held_out[1] - held_out[0]
+        verdict = ("learned: held-out improved" if gain >= LEARNED else
+                   f"did NOT generalise: held-out moved {gain:+.3f} (needs {LEARNED:+.1f}); the training reward "
+                   "alone does not show learning")
+        print(f"greedy eval, held-out prompts: correctness {held_out[0]:.3f} -> {held_out[1]:.3f} "
+              f"(n = {held_out[2]}) - {verdict}")
     try:
         from analysis import analyze_runs
     except ImportError:

@@ -14,7 +14,9 @@ from analysis.db import _load
 
 def test_summary_json_finds_the_planted_structure(known_report):
     summary = json.loads((known_report["out"] / "exp1" / "summary.json").read_text())
-    assert set(summary) == {"run_id", "steps", "last_step", "status", "findings", "axes", "lead_lag", "grokking"}
+    assert set(summary) == {"run_id", "steps", "last_step", "status", "warnings", "findings", "axes", "lead_lag",
+                            "grokking"}
+    assert summary["warnings"] == []  # a healthy run: no warning
     assert summary["run_id"] == "exp1" and summary["steps"] == 240
     axes = summary["axes"]
     assert set(axes) == {"correctness", "format", "noise", "style", "tag/completion_length"}
@@ -101,7 +103,7 @@ def test_run_with_zero_steps_still_reports(tmp_path):
     assert summary["grokking"]["status"] == "no_evals"
     del summary["grokking"]
     assert summary == {"run_id": "fresh", "steps": 0, "last_step": None, "status": "unfinished",
-                       "findings": [], "axes": {}, "lead_lag": []}
+                       "warnings": [], "findings": [], "axes": {}, "lead_lag": []}
     assert "fresh" in index.read_text()
 
 
