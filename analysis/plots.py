@@ -168,7 +168,7 @@ def correlation_heatmap(correlations: pl.DataFrame, value: str = "r0") -> Figure
             ax.text(j, i, f"{v:.2f}{'*' if sig[i, j] else ''}", ha="center", va="center", fontsize=7)
     stars = ("* BH-adjusted p < 0.05 across the run's pairs" if p_col is not None
              else "no stars: level p-values of autocorrelated series are not valid")
-    ax.set_title(_txt(f"{what}; {stars}"), fontsize=8)
+    ax.set_title(_txt(f"{what};\n{stars}"), fontsize=8)
     fig.colorbar(image, ax=ax, shrink=0.8, label=value)
     return fig
 
