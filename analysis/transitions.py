@@ -45,7 +45,7 @@ Method:
 
 ``before``/``after`` are the fitted levels either side on the axis's own
 scale; ``size`` is the change in noise SDs (``sqrt(s + a + q)`` of the model,
-at its typical step); ``z`` is the scan statistic. Calibration on null and
+scaled to the sampling noise around the change); ``z`` is the scan statistic. Calibration on null and
 planted series: ``benchmarks/calibrate_transitions.py``; the table is in
 ``docs/analysis.md``.
 
@@ -389,6 +389,7 @@ class _Change:
     p_value: float
     jump: bool
     span: tuple[float, float]  # 95% interval of the 10% and 90% points
+    local: float = 1.0  # the noise variance in the window, relative to the typical step
 
     def profile(self, length: int) -> np.ndarray:
         t = np.arange(length, dtype=float) - self.lo
@@ -428,7 +429,8 @@ def _locate(z: np.ndarray, noise: NoiseModel, weights: np.ndarray | None, min_si
                     lo + float(np.max(a[accept] + 0.9 * (b[accept] - a[accept]))))
         before, after = _levels(z, lo, hi, ja, jb)
         p = _p_value(null, stat, tests)
-        out.append(_Change(lo, hi, ja, jb, after - before, stat, p, jump, span))
+        local = 1.0 if weights is None else float(np.mean(weights[lo:hi]))
+        out.append(_Change(lo, hi, ja, jb, after - before, stat, p, jump, span, local))
     return out
 
 
@@ -453,7 +455,7 @@ def _transition(c: _Change, noise: NoiseModel, steps: np.ndarray, raw_y: np.ndar
     before, after = _levels(raw_y, raw_lo, raw_hi, *ramp)
     return Transition(
         int(steps[onset]), int(steps[end]), before, after, "jump" if c.jump else "phase",
-        float(c.delta / noise.sd), float(c.stat), c.p_value,
+        float(c.delta / (noise.sd * math.sqrt(c.local))), float(c.stat), c.p_value,
         int(steps[max(lo_r, 0)]), int(steps[min(hi_r, length - 1)]),
     )
 
