@@ -19,6 +19,40 @@ def opt(default, help: str, **extra):
     return field(default=default, metadata={"help": help, **extra})
 
 
+WEIGHT_DECAY_KINDS = ("biases", "norms", "embeddings")
+
+
+def _parse_betas(value) -> tuple[float, float]:
+    if isinstance(value, (list, tuple)):
+        parts = list(value)
+    else:
+        parts = [p.strip() for p in str(value).split(",")]
+    try:
+        betas = tuple(float(p) for p in parts)
+    except (TypeError, ValueError):
+        betas = ()
+    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        raise UserError(f"--adam-betas {value!r} must be two numbers B1,B2 each in [0, 1), e.g. --adam-betas 0.9,0.98")
+    return betas
+
+
+def _format_floats(values) -> str:
+    return ",".join(repr(float(v)) for v in values)
+
+
+def _parse_exclude(value) -> tuple[str, ...]:
+    if isinstance(value, (list, tuple)):
+        parts = [str(p).strip() for p in value]
+    else:
+        parts = [p.strip() for p in str(value or "").split(",")]
+    parts = [p for p in parts if p]
+    unknown = [p for p in parts if p not in WEIGHT_DECAY_KINDS]
+    if unknown:
+        raise UserError(f"--weight-decay-exclude {value!r}: unknown kind {unknown[0]!r}; use a comma-separated "
+                        f"subset of {', '.join(WEIGHT_DECAY_KINDS)}, e.g. --weight-decay-exclude norms,embeddings")
+    return tuple(k for k in WEIGHT_DECAY_KINDS if k in parts)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     model: str = opt(None, "Hub name or local directory of a causal LM (build one with `rg-tracer init-model`). Required.")
@@ -32,8 +66,11 @@ class TrainConfig:
     max_steps: int = opt(100, "Last optimisation step (counted across --resume), supervised warm-up included.")
     sft_steps: int = opt(0, "Supervised warm-up: steps 1..N train on prompt -> answer+EOS (cross-entropy) before RL starts.")
     sft_batch_size: int = opt(0, "Examples per supervised step (0: the whole training split, full batch).")
+    sft_eos_loss: bool = opt(True, "Include the EOS token in the supervised loss (mean over answer+EOS tokens); --no-sft-eos-loss trains on the answer tokens only.")
     learning_rate: float = opt(1e-5, "AdamW learning rate.")
     weight_decay: float = opt(0.0, "AdamW weight decay.")
+    weight_decay_exclude: str = opt("", "Parameter kinds that get no weight decay, comma-separated from biases, norms, embeddings (e.g. 'norms,embeddings'; a tied output layer counts as the embedding); empty: every parameter is decayed.")
+    adam_betas: str = opt("0.9,0.999", "AdamW betas as B1,B2 (grokking runs use 0.9,0.98).")
     clip_ratio: float = opt(0.2, "Policy-ratio clip range epsilon.")
     clip_ratio_high: float | None = opt(None, "Upper clip epsilon, 1+eps_high (DAPO's clip-higher: 0.28); default: --clip-ratio.")
     updates_per_batch: int = opt(1, "Optimizer steps on each sampled batch with its old log-probs kept (PPO-style mu); >1 makes the ratio and clip_ratio move.")
@@ -46,7 +83,7 @@ class TrainConfig:
     kl_target: float | None = opt(None, "Adapt the KL weight towards this KL value (off when unset).")
     kl_horizon: float = opt(1000.0, "Adaptive-KL horizon: larger moves the KL weight more slowly.")
     entropy_coef: float = opt(0.0, "Weight of an entropy bonus on completion tokens (0: none, as in DAPO); keeps small models exploring.")
-    max_grad_norm: float = opt(1.0, "Clip the gradient L2 norm to this value (the log records the norm before clipping).")
+    max_grad_norm: float = opt(1.0, "Clip the gradient L2 norm to this value; 0 or inf: no clipping (the log records the norm before clipping either way).")
     max_new_tokens: int = opt(32, "Maximum completion length in tokens.")
     temperature: float = opt(1.0, "Sampling temperature for training rollouts.")
     lean_sampler: bool = opt(True, "Sample GPT-2/Llama/Qwen2 models with rg-tracer's KV-cached loop (generate's tokens, faster); --no-lean-sampler calls model.generate, e.g. for a model with a patched forward.")
@@ -84,7 +121,7 @@ class TrainConfig:
             (self.kl_target is None or self.kl_target > 0, f"--kl-target {self.kl_target} must be > 0 (omit it for a fixed KL weight)"),
             (self.entropy_coef >= 0, f"--entropy-coef {self.entropy_coef} must be >= 0"),
             (self.kl_horizon > 0, f"--kl-horizon {self.kl_horizon} must be > 0"),
-            (self.max_grad_norm > 0, f"--max-grad-norm {self.max_grad_norm} must be > 0"),
+            (self.max_grad_norm >= 0, f"--max-grad-norm {self.max_grad_norm} must be >= 0 (0 or inf: no clipping), e.g. 1.0"),
             (self.max_new_tokens >= 1, f"--max-new-tokens {self.max_new_tokens} must be >= 1"),
             (self.temperature > 0, f"--temperature {self.temperature} must be > 0 (greedy decoding is used for evaluation)"),
             (0 < self.grokfast_alpha < 1, f"--grokfast-alpha {self.grokfast_alpha} must be in (0, 1), e.g. 0.98"),
@@ -102,6 +139,24 @@ class TrainConfig:
         for name in ("learning_rate", "clip_ratio", "kl_coef", "temperature"):
             if not math.isfinite(getattr(self, name)):
                 raise UserError(f"--{name.replace('_', '-')} must be finite")
+        # Normalise the two list-valued options to their canonical strings (YAML may give lists).
+        object.__setattr__(self, "adam_betas", _format_floats(_parse_betas(self.adam_betas)))
+        object.__setattr__(self, "weight_decay_exclude", ",".join(_parse_exclude(self.weight_decay_exclude)))
+
+    @property
+    def betas(self) -> tuple[float, float]:
+        """``--adam-betas`` as the tuple AdamW takes."""
+        return _parse_betas(self.adam_betas)
+
+    @property
+    def no_decay(self) -> tuple[str, ...]:
+        """``--weight-decay-exclude`` as a tuple of kinds (biases, norms, embeddings)."""
+        return _parse_exclude(self.weight_decay_exclude)
+
+    @property
+    def clips_gradients(self) -> bool:
+        """False for ``--max-grad-norm`` 0 or inf: gradients are measured, never scaled."""
+        return 0 < self.max_grad_norm < math.inf
 
     @property
     def eps_high(self) -> float:

@@ -170,15 +170,26 @@ class HFPolicyAdapter(Policy):
         return self._rollout(prompt_ids, prompt_mask, sequences[:, prompt_ids.shape[1]:])
 
     @torch.no_grad()
-    def teacher_forced(self, prompts: list[str], targets: list[str]) -> Rollout:
-        """A rollout whose completions are ``targets`` followed by EOS (supervised warm-up)."""
+    def teacher_forced(self, prompts: list[str], targets: list[str], eos_in_loss: bool = True) -> Rollout:
+        """A rollout whose completions are ``targets`` followed by EOS (supervised warm-up).
+
+        With ``eos_in_loss=False`` the EOS position is left out of ``completion_mask`` (the
+        loss and entropy mask), so the loss is over the answer tokens only; EOS stays in the
+        sequence, where as the last token it cannot change any earlier position's logits.
+        """
         tok = self.tokenizer
         enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         ids = [tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in targets]
         width = max(len(i) for i in ids)
         actions = torch.tensor([i + [tok.pad_token_id] * (width - len(i)) for i in ids])
-        return self._rollout(enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device),
-                             actions.to(self.device))
+        rollout = self._rollout(enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device),
+                                actions.to(self.device))
+        if not eos_in_loss:
+            answer = torch.zeros_like(actions, dtype=torch.bool)
+            for row, i in enumerate(ids):
+                answer[row, : len(i) - 1] = True
+            rollout.inputs["completion_mask"] = rollout.inputs["completion_mask"] * answer.to(self.device).long()
+        return rollout
 
     def _rollout(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, actions: torch.Tensor) -> Rollout:
         """Mask everything after each row's first EOS and pack the tensors the trainer needs."""

@@ -72,6 +72,27 @@ def _run_dir_state(config: TrainConfig, run_dir: Path, log_path: Path) -> Path |
     return None
 
 
+# Options that shape the optimizer state a checkpoint holds: the restored AdamW keeps the
+# checkpoint's betas and parameter groups, so a different value on --resume would be ignored
+# (betas) or could not load (groups). Checkpoints from before an option existed used its default.
+_OPTIMIZER_SHAPE = ("adam_betas", "weight_decay_exclude")
+
+
+def _check_resume_optimizer(config: TrainConfig, saved: dict) -> None:
+    defaults = TrainConfig.__dataclass_fields__
+    for name in _OPTIMIZER_SHAPE:
+        then = saved.get(name, defaults[name].default)
+        if name == "adam_betas":
+            then = ",".join(repr(float(b)) for b in str(then).split(","))
+        now = getattr(config, name)
+        if then != now:
+            flag = "--" + name.replace("_", "-")
+            raise UserError(
+                f"--resume: {flag} {now!r} differs from the checkpoint's {then!r}; the optimizer state was "
+                f"built with it, so resume with {flag} {then!r} or start a new run (--overwrite)"
+            )
+
+
 def prepare_run(config: TrainConfig) -> PreparedRun:
     import torch
 
@@ -98,6 +119,8 @@ def prepare_run(config: TrainConfig) -> PreparedRun:
     if checkpoint and config.kl_coef > 0:
         reference, _ = load_model(config.model, trust_remote_code=config.trust_remote_code)
         reference.to(device)
+    if resume_state:
+        _check_resume_optimizer(config, resume_state.get("config") or {})
     if resume_state and resume_state["step"] >= config.max_steps:
         raise UserError(
             f"--resume: the checkpoint is at step {resume_state['step']} and --max-steps is "
