@@ -89,12 +89,22 @@ def summary(rr: RunReport) -> dict:
         "last_step": rr.run.get("last_step"),
         "status": rr.run.get("status"),
         "warnings": _jsonable(run_warnings(rr.fitness, rr.metrics, rr.evals, rr.transitions, rr.truncation,
-                                           rr.reward_weights)),
+                                           rr.reward_weights, _config(rr.run).get("max_new_tokens"))),
         "findings": [{k: _jsonable(v) for k, v in f.items()} for f in run_findings(rr.transitions, links, grokking)],
         "axes": axes,
         "lead_lag": links,
         "grokking": grokking,
     }
+
+
+def _config(run: dict) -> dict:
+    config = run.get("config")
+    if isinstance(config, str):
+        try:
+            config = json.loads(config)
+        except ValueError:
+            return {}
+    return config if isinstance(config, dict) else {}
 
 
 def _jsonable(value: object) -> object:

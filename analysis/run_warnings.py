@@ -20,7 +20,8 @@ rule over the logs:
   its mean over the first 5% of steps over such a window.
 * ``dead_axis``: an axis with a non-zero weight that never changed.
 * ``no_eos``: at least ``TRUNCATED_FRAC`` of the completions of the last 10%
-  of steps hit the length limit (no end token).
+  of steps hit the length limit (no end token); not with a one-token limit,
+  which leaves no room for an answer and an end token.
 """
 
 from __future__ import annotations
@@ -181,8 +182,8 @@ def _dead_axes(fitness: pl.DataFrame, weights: dict[str, float]) -> list[dict]:
     return out
 
 
-def _no_eos(truncation: pl.DataFrame) -> list[dict]:
-    if truncation.is_empty():
+def _no_eos(truncation: pl.DataFrame, max_new_tokens: int | None) -> list[dict]:
+    if truncation.is_empty() or max_new_tokens == 1:  # one token: room for the answer or EOS, not both
         return []
     tail = truncation.sort("step").tail(max(1, truncation.height // 10))
     frac = float(tail["truncated"].mean())
@@ -195,9 +196,10 @@ def _no_eos(truncation: pl.DataFrame) -> list[dict]:
 
 
 def run_warnings(fitness: pl.DataFrame, metrics: pl.DataFrame, evals: pl.DataFrame, transitions: pl.DataFrame,
-                 truncation: pl.DataFrame, weights: dict[str, float]) -> list[dict]:
-    """The warnings of one run (frames filtered to it; ``truncation``: step, truncated fraction)."""
+                 truncation: pl.DataFrame, weights: dict[str, float], max_new_tokens: int | None = None) -> list[dict]:
+    """The warnings of one run (frames filtered to it; ``truncation``: step, truncated fraction;
+    ``max_new_tokens``: the run's completion limit, when known)."""
     steps = fitness["step"].n_unique() if not fitness.is_empty() else 0
     window = max(20, steps // 20)
     return [*_memorisation(evals), *_reward_hacking(transitions, evals, weights), *_collapse(metrics, window),
-            *_dead_axes(fitness, weights), *_no_eos(truncation)]
+            *_dead_axes(fitness, weights), *_no_eos(truncation, max_new_tokens)]

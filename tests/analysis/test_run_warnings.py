@@ -88,6 +88,10 @@ def test_dead_axis_and_no_eos():
     cut = pl.DataFrame({"step": STEPS, "truncated": np.where(STEPS > 50, 1.0, 0.5)})
     assert _kinds(truncation=cut) == ["no_eos"]
     assert _kinds(truncation=cut.with_columns(truncated=pl.lit(0.9))) == []
+    fitness = _fitness(correctness=np.full(len(STEPS), 0.5))
+    transitions, _ = changes_tables(fitness)
+    one_token = run_warnings(fitness, EMPTY, _evals([], []), transitions, cut, {"correctness": 1.0}, max_new_tokens=1)
+    assert one_token == []  # a one-token limit leaves no room for an end token: by design
 
 
 def test_summary_json_carries_the_warnings(tmp_path):
