@@ -76,9 +76,13 @@ def analyze_command(runs_dir: Path, out_dir: Path, db_path: Path | None, max_lag
     """Report how each reward axis of every run evolved, and what moved first.
 
     Ingests RUNS_DIR (as `rg-tracer ingest` does), then writes OUT/index.html
-    (all runs) and OUT/<run_id>/index.html with per-axis curves and their
-    transitions, RL metrics, correlations, lead/lag, per-task and eval curves,
-    plus OUT/<run_id>/summary.json. Prints the path of OUT/index.html.
+    (all runs) and OUT/<run_id>/index.html, which opens with warnings (a run
+    that memorises, games a reward, collapses, has a dead axis or no end token)
+    and what happened (changes tested against each axis's own noise, leads and
+    same-step couplings between RL metrics and axes, grokking calls, each with
+    its uncertainty), then curves, correlations, lead/lag, per-task and eval
+    plots; plus OUT/<run_id>/summary.json. Prints the path of OUT/index.html.
+    How often the findings are wrong on data with known truth: docs/analysis.md.
 
     \b
     Example:
