@@ -348,15 +348,18 @@ def write_index(out: Path, reports: list[RunReport], fitness: pl.DataFrame, note
         finals = ", ".join(f"{k}={v['final_ema']:.3f}" for k, v in s["axes"].items()
                            if v["kind"] == "reward" and v["final_ema"] is not None)
         top = next((x for x in s["lead_lag"] if x["p_adj"] is not None and x["p_adj"] < 0.05), None)
-        lead = f"{top['metric']} → {top['axis']} ({top['best_lag']:+d})" if top else ""
+        relation = {"lead": "metric first", "lag": "axis first", "same_step": "same step"}.get(top.get("relation"), "") \
+            if top else ""
+        lead = f"{top['metric']} ~ {top['axis']} ({relation}, {top['best_lag']:+d})" if top else ""
         n_trans = sum(len(v["transitions"]) for v in s["axes"].values())
+        warned = ", ".join(sorted({w["kind"] for w in s["warnings"]}))
         rows.append([("raw", f'<a href="{href(rr.run_id + "/index.html")}">{esc(rr.run_id)}</a>'), r.get("status"),
-                     r.get("n_steps"), r.get("last_step"), r.get("bad_lines"), finals, n_trans, lead])
+                     r.get("n_steps"), r.get("last_step"), r.get("bad_lines"), warned, finals, n_trans, lead])
     body = [f"<h1>rg-tracer runs</h1><p class=\"muted\">{len(reports)} run(s)</p>"]
     body += [f'<p class="warn">{esc(n)}</p>' for n in notes]
-    body.append(table(["run", "status", "steps", "last step", "skipped lines", "final EMA (rewards)",
-                       "transitions", "strongest link (lag k; k > 0: metric first)"], rows,
-                      [False, False, True, True, True, False, True, False]))
+    body.append(table(["run", "status", "steps", "last step", "skipped lines", "warnings", "final EMA (rewards)",
+                       "changes", "strongest link (lag k; k > 0: metric first)"], rows,
+                      [False, False, True, True, True, False, False, True, False]))
     if not fitness.is_empty():
         body += ["<h2>Reward axes across runs (EMA)</h2>",
                  _figure(out, "index_files/compare.png", plots.compare_runs(fitness), "runs compared")]

@@ -18,7 +18,8 @@ rule over the logs:
   over a window of ``window`` steps (``max(20, 5%)`` of the run): the groups
   carry no learning signal; or ``entropy`` averaged below ``ENTROPY_FLOOR`` of
   its mean over the first 5% of steps over such a window.
-* ``dead_axis``: an axis with a non-zero weight that never changed.
+* ``dead_axis``: an axis with a non-zero weight whose every sample had the
+  same value (no step mean moved, no group had a spread).
 * ``no_eos``: at least ``TRUNCATED_FRAC`` of the completions of the last 10%
   of steps hit the length limit (no end token); not with a one-token limit,
   which leaves no room for an answer and an end token.
@@ -173,8 +174,10 @@ def _dead_axes(fitness: pl.DataFrame, weights: dict[str, float]) -> list[dict]:
     for axis, weight in sorted(weights.items()):
         if weight == 0:
             continue
-        series = rewards.filter(pl.col("axis") == axis)["mean"].drop_nulls()
-        if series.len() and series.max() == series.min():
+        rows = rewards.filter(pl.col("axis") == axis)
+        series = rows["mean"].drop_nulls()
+        spread = rows["std"].fill_null(0.0).abs().max() if "std" in rows.columns else 0.0
+        if series.len() and series.max() == series.min() and not spread:  # every sample the same value
             out.append({"kind": "dead_axis", "steps": [int(rewards["step"].min()), int(rewards["step"].max())],
                         "message": (f"{axis} (weight {weight:+g}) was {series[0]:.3g} at every step: it never gave "
                                     "a learning signal (check its scorer and the task)"),

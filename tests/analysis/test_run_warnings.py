@@ -111,3 +111,5 @@ def test_summary_json_carries_the_warnings(tmp_path):
     assert "no_eos" not in [w["kind"] for w in summary["warnings"]]  # synth completions end
     page = (tmp_path / "out" / "memo" / "index.html").read_text()
     assert page.index("Warnings") < page.index("What happened")
+    # the index lists it per run; correctness's step mean is 0.5 throughout, but its samples vary: not dead
+    assert "<td>memorisation</td>" in (tmp_path / "out" / "index.html").read_text()
