@@ -11,7 +11,7 @@ its steps. Lags are multiples of the grid spacing and always reported in **steps
 is rounded up to a whole number of grid steps). Steps align by number: a difference, residual
 or lagged pair that touches a missing grid point is dropped.
 
-**Aliases.** Metrics identical up to a positive scale and shift (``kl``, ``kl/value``,
+**Aliases.** Metrics identical up to a positive scale and shift (to float32 precision) (``kl``, ``kl/value``,
 ``loss/kl = beta * kl``; ``loss``, ``loss/total``) have identical correlations: each group is
 tested once, under one name (a core schema key if there is one, else the shortest name), and
 the others are listed in its ``aliases`` column; they get no rows of their own.
@@ -714,7 +714,8 @@ def _aliases(series: dict[str, _Series]) -> dict[str, list[str]]:
         left = sorted(names, key=lambda nm: (nm not in RL_KEYS, len(nm), nm))
         while left:
             rep, rest = left[0], left[1:]
-            same = [nm for nm in rest if np.allclose(z[rep], z[nm], rtol=0, atol=1e-9)]
+            # z-scores agree to float32 precision: a metric logged as a scaled copy (loss/kl = kl_coef * kl)
+            same = [nm for nm in rest if np.allclose(z[rep], z[nm], rtol=0, atol=1e-6)]
             if same:
                 out[rep] = same
             left = [nm for nm in rest if nm not in same]

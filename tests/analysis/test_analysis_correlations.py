@@ -208,7 +208,7 @@ def test_aliases_are_collapsed():
     metric, axis = latent[50:650], 0.4 * latent[47:647] + _ar1(rng, 600, 0.5)
     steps = np.arange(1, 601)
     kl = np.cumsum(rng.normal(size=600))
-    extra = {"kl": (steps, kl), "kl/value": (steps, kl.copy()), "loss/kl": (steps, 0.1 * kl + 2.0),
+    extra = {"kl": (steps, kl), "kl/value": (steps, kl.copy()), "loss/kl": (steps, (np.float32(0.1) * kl.astype(np.float32)).astype(float) + 2.0),  # float32, as logged
              "grad_norm/total": (steps, metric.copy()), "neg_kl": (steps, -kl)}
     corr, xcorr = correlate(*_frames(metric, axis, extra))
     assert sorted(corr["metric"].to_list()) == ["grad_norm", "kl", "lr", "neg_kl"]  # tested once each
