@@ -62,12 +62,14 @@ class NoiseModel:
 
     @property
     def long_run_var(self) -> float:
-        """Long-run variance of the stationary part (drift left out): Bai's sigma^2."""
+        """Bai's sigma^2: the long-run variance of the white and AR(1) parts, plus one step of drift
+        (a random walk has no finite long-run variance)."""
         return self.s + self.a * (1 + self.phi) / max(1 - self.phi, 1e-3) + self.q
 
 
-def _robust_var(d: np.ndarray, centre: bool = True) -> float:
-    """Variance of ``d`` about its median, values beyond 3.5 robust SDs left out (and corrected for).
+def _robust_var(d: np.ndarray) -> float:
+    """Mean square of the differences ``d`` (about 0: a trend is variance too), values beyond 3.5
+    robust SDs left out (and corrected for).
 
     More efficient than the squared MAD (the threshold depends on this), and
     as indifferent to the few differences that straddle a change.
@@ -75,11 +77,10 @@ def _robust_var(d: np.ndarray, centre: bool = True) -> float:
     d = d[np.isfinite(d)]
     if len(d) < 4:
         return math.nan
-    centred = d - (np.median(d) if centre else 0.0)
-    mad = 1.4826 * float(np.median(np.abs(centred)))
+    mad = 1.4826 * float(np.median(np.abs(d)))
     if mad == 0:  # mostly exactly equal steps: fall back on the spread of the rest
         return float(np.var(d))
-    kept = centred[np.abs(centred) <= 3.5 * mad]
+    kept = d[np.abs(d) <= 3.5 * mad]
     return float(np.mean(kept**2)) / _TRUNCATED_VAR
 
 
@@ -142,7 +143,7 @@ def _variogram(y: np.ndarray, lags: np.ndarray, exclude: Sequence[tuple[int, int
         keep = np.ones(len(d), dtype=bool)
         for start, stop in exclude:  # d[t] spans [t, t + k]: drop it when that meets [start - 1, stop]
             keep[max(0, start - k):max(0, stop)] = False
-        v[i] = _robust_var(d[keep], centre=False)
+        v[i] = _robust_var(d[keep])
     return v
 
 
@@ -161,14 +162,13 @@ def _excess_bound(n: int, sims: int = 400) -> float:
                               for _ in range(sims)], 0.95))
 
 
-def mosum_var(noise: NoiseModel, h: int) -> tuple[float, float]:
-    """(variance of the after-minus-before mean difference over h steps, its white-noise part)."""
+def mosum_var(noise: NoiseModel, h: int) -> float:
+    """Variance of the after-minus-before mean difference over h steps (from the variogram:
+    ``Var(sum a_i y_i) = -1/2 sum_ij a_i a_j V(|i - j|)`` for weights summing to 0)."""
     a = np.concatenate([np.full(h, -1.0 / h), np.full(h, 1.0 / h)])
     idx = np.arange(2 * h)
     vario = noise.variogram(np.abs(idx[:, None] - idx[None, :]))
-    total = float(-0.5 * a @ vario @ a)
-    white = 2 * noise.s / h
-    return max(total, 1e-300), white
+    return max(float(-0.5 * a @ vario @ a), 1e-300)
 
 
 def is_binary(mean: np.ndarray, std: np.ndarray | None, n: np.ndarray | None) -> bool:
@@ -184,7 +184,7 @@ def is_binary(mean: np.ndarray, std: np.ndarray | None, n: np.ndarray | None) ->
 
 
 def sampling_variance(std: np.ndarray | None, n: np.ndarray | None, binary: bool,
-              size: int) -> tuple[float | None, np.ndarray | None]:
+                      size: int) -> tuple[float | None, np.ndarray | None]:
     """(typical sampling variance of a step mean, its relative size per step, smoothed); None when not logged.
 
     On the Anscombe scale a binary step of n samples has variance 1 / (4n + 2).

@@ -202,8 +202,6 @@ def _candidates(z: np.ndarray, noise: NoiseModel, weights: np.ndarray | None, mi
 
     ``seed``: with none over it, the largest scale's maximum anyway (a trial change).
     """
-    from scipy.stats import norm
-
     n = len(z)
     scales = []
     h = min_size
@@ -213,15 +211,13 @@ def _candidates(z: np.ndarray, noise: NoiseModel, weights: np.ndarray | None, mi
     scales = [h for h in scales if 2 * h <= n]
     tests = sum(n - 2 * h + 1 for h in scales)
     null = _null_maxima(n, tuple(scales))
-    crit = float(np.quantile(null, 1 - alpha)) if len(null) else float(norm.isf(alpha / (2 * tests)))
+    crit = float(np.quantile(null, 1 - alpha)) if len(null) else math.inf
     c = np.concatenate([[0.0], np.cumsum(z)])
     cw = None if weights is None else np.concatenate([[0.0], np.cumsum(weights)])
     found = []
     for h in scales:
-        if 2 * h > n:
-            break
         left, right = _window_means(c, h)  # (n - 2h + 1,) each
-        total, white = mosum_var(noise, h)
+        total = mosum_var(noise, h)
         var = np.full(len(left), total)
         if cw is not None:  # the noise follows the local sampling variance
             t = np.arange(h, n - h + 1)
@@ -239,7 +235,7 @@ def _candidates(z: np.ndarray, noise: NoiseModel, weights: np.ndarray | None, mi
                 continue
             k = start + int(np.argmax(np.abs(stat[start:stop])))
             found.append((k + h, h, float(stat[k])))
-    if seed and not found and scales and 2 * scales[0] <= n:
+    if seed and not found and scales:
         stat, h = last
         k = int(np.argmax(np.abs(stat)))
         found.append((k + h, h, float(stat[k])))
@@ -355,7 +351,7 @@ def analyse_series(
     # the likeliest change (even when nothing passes yet) and those found; judge by the refit, at
     # alpha / 2 (Bonferroni over the two noise models tried).
     changes = _locate(z, noise, weights, min_size, alpha, seed=True, binned=binned)
-    level = alpha
+    level, judged = alpha, False
     for _ in range(3):
         # a trial change is left out only as a jump (one step); a phase only once it is significant
         spans = [(c.lo + c.a, c.lo + c.b + 1) for c in changes
@@ -363,11 +359,13 @@ def analyse_series(
         if not spans:
             break
         noise, level = _floored(fit_noise(z, exclude=spans, white=white, scale=weights), floor), alpha / 2
-        found = _locate(z, noise, weights, min_size, level, binned=binned)
-        if [(c.lo + c.a, c.lo + c.b) for c in found] == [(c.lo + c.a, c.lo + c.b) for c in changes]:
-            break
+        found, judged = _locate(z, noise, weights, min_size, level, binned=binned), True
+        settled = [(c.lo + c.a, c.lo + c.b) for c in found] == [(c.lo + c.a, c.lo + c.b) for c in changes]
         changes = found
-    changes = _locate(z, noise, weights, min_size, level, binned=binned)
+        if settled:
+            break
+    if not judged:  # no refit: drop the trial change, keep what passes on its own
+        changes = _locate(z, noise, weights, min_size, level, binned=binned)
     out = [_transition(c, noise, steps, raw_y, raw_z, starts, len(z)) for c in changes]
     return SeriesChanges([t for t in out if abs(t.size) >= min_effect], None, noise)
 
@@ -508,7 +506,7 @@ def changes_tables(
         if found.reason:
             notes.append({**ident, "reason": found.reason})
         for t in found.transitions:
-            rows.append({**ident, **{k: v for k, v in asdict(t).items()}, "delta": t.delta})
+            rows.append({**ident, **asdict(t), "delta": t.delta})
     schema = {k: pl.String for k in by} | TRANSITION_SCHEMA
     frame = pl.DataFrame(rows, schema=schema)
     order = [*by, "onset_step", "end_step", "before", "after", "delta", "shape", "size", "z", "p_value",
