@@ -106,14 +106,16 @@ def analyze_runs(
                   "transition_notes": transition_notes, "truncation": truncation}
         parts = {name: _split(frame) for name, frame in tables.items()}
         errors = _split(runs.sql("SELECT run_id, line, field, message FROM ingest_errors ORDER BY run_id, line"))
-        weights = {r["run_id"]: _json(r["reward_weights"])  # each run's first run record
-                   for r in runs.sql("SELECT run_id, arg_min(reward_weights, segment) AS reward_weights FROM segments "
-                                     "GROUP BY run_id").iter_rows(named=True)}
+        first = {r["run_id"]: r for r in runs.sql(  # each run's first run record
+            "SELECT run_id, arg_min(config, segment) AS config, arg_min(reward_weights, segment) AS reward_weights "
+            "FROM segments GROUP BY run_id").iter_rows(named=True)}
         reports = []
         for run in runs.runs().iter_rows(named=True):
             run_id = run["run_id"]
             frames = {name: parts[name].get(run_id, frame.clear()) for name, frame in tables.items()}
-            rr = RunReport(run_id=run_id, run=run, **frames, reward_weights=weights.get(run_id) or {},
+            record = first.get(run_id, {})
+            rr = RunReport(run_id=run_id, run=run, **frames, reward_weights=_json(record.get("reward_weights")),
+                           config=_json(record.get("config")),
                            errors=errors.get(run_id, pl.DataFrame()).head(20).to_dicts())
             reports.append(rr)
             stamp = out / run_id / STAMP
@@ -123,6 +125,4 @@ def analyze_runs(
             rr.drilldown = _drilldown(runs, run_id, rr.transitions)
             write_run_page(out, rr)
             stamp.write_text(key)
-        configs = {r["run_id"]: _json(r["config"]) for r in runs.sql("SELECT run_id, arg_min(config, segment) AS config FROM segments "
-                                     "GROUP BY run_id").iter_rows(named=True)}  # each run's first run record
-        return write_index(out, reports, fitness, _notes(result, runs), configs)
+        return write_index(out, reports, fitness, _notes(result, runs), {rr.run_id: rr.config for rr in reports})

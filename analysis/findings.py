@@ -23,7 +23,7 @@ import math
 
 import polars as pl
 
-__all__ = ["run_findings", "SIGNIFICANT"]
+__all__ = ["run_findings", "axis_key", "SIGNIFICANT"]
 
 SIGNIFICANT = 0.05
 
@@ -34,12 +34,13 @@ def _fmt(x: float | None) -> str:
     return f"{x:.3g}"
 
 
-def _axis_name(kind: str, axis: str) -> str:
+def axis_key(kind: str, axis: str) -> str:
+    """How an axis is named in the report and ``summary.json``: rewards bare, others ``kind/axis``."""
     return axis if kind == "reward" else f"{kind}/{axis}"
 
 
 def _change(t: dict) -> dict:
-    name = _axis_name(t["kind"], t["axis"])
+    name = axis_key(t["kind"], t["axis"])
     direction = "rose" if t["delta"] > 0 else "fell"
     size = f"{abs(t['size']):.1f} noise SD" if t.get("size") is not None and math.isfinite(t["size"]) else ""
     interval = f" (95% interval {t['onset_lo']}–{t['end_hi']})" if t.get("onset_lo") is not None else ""

@@ -17,10 +17,11 @@ import polars as pl
 from analysis import plots
 from analysis._html import esc, href, num, page, save_png, table
 from analysis.correlations import lead_lag
+from analysis.findings import axis_key as _axis_key
 from analysis.findings import run_findings
 from analysis.run_warnings import run_warnings
 from analysis.grokking import compare_runs as compare_grokking
-from analysis.grokking import grokking_summary
+from analysis.grokking import GrokkingSummary, grokking_summary
 
 __all__ = ["RunReport", "summary", "write_run_page", "write_index"]
 
@@ -46,17 +47,15 @@ class RunReport:
     truncation: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema={"step": pl.Int64,
                                                                                  "truncated": pl.Float64}))
     reward_weights: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)  # of the run's first run record
     drilldown: list[tuple[dict, pl.DataFrame, pl.DataFrame]] = field(default_factory=list)
     grok_threshold: float = GROK_THRESHOLD
     errors: list[dict] = field(default_factory=list)
+    cache: dict = field(default_factory=dict, repr=False)  # summary and grokking call, computed once
 
 
 def _finite(value: object) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
-
-
-def _axis_key(kind: str, axis: str) -> str:
-    return axis if kind == "reward" else f"{kind}/{axis}"
 
 
 def _transition_dict(t: dict) -> dict:
@@ -66,8 +65,20 @@ def _transition_dict(t: dict) -> dict:
             "interval": [t.get("onset_lo"), t.get("end_hi")]}
 
 
+def _grokking(rr: RunReport) -> GrokkingSummary:
+    if "grokking" not in rr.cache:
+        rr.cache["grokking"] = grokking_summary(rr.evals, threshold=rr.grok_threshold)
+    return rr.cache["grokking"]
+
+
 def summary(rr: RunReport) -> dict:
-    """The ``summary.json`` object of one run."""
+    """The ``summary.json`` object of one run (computed once per report)."""
+    if "summary" not in rr.cache:
+        rr.cache["summary"] = _summary(rr)
+    return rr.cache["summary"]
+
+
+def _summary(rr: RunReport) -> dict:
     axes: dict[str, dict] = {}
     notes = {(r["kind"], r["axis"]): r["reason"] for r in rr.transition_notes.iter_rows(named=True)} \
         if not rr.transition_notes.is_empty() else {}
@@ -82,29 +93,19 @@ def summary(rr: RunReport) -> dict:
             "transitions_note": notes.get((kind, axis)),
         }
     links = lead_lag(rr.correlations, rr.run_id)
-    grokking = grokking_summary(rr.evals, threshold=rr.grok_threshold).to_dict()
+    grokking = _grokking(rr).to_dict()
     return {
         "run_id": rr.run_id,
         "steps": int(rr.run.get("n_steps") or 0),
         "last_step": rr.run.get("last_step"),
         "status": rr.run.get("status"),
         "warnings": _jsonable(run_warnings(rr.fitness, rr.metrics, rr.evals, rr.transitions, rr.truncation,
-                                           rr.reward_weights, _config(rr.run).get("max_new_tokens"))),
+                                           rr.reward_weights, rr.config.get("max_new_tokens"))),
         "findings": [{k: _jsonable(v) for k, v in f.items()} for f in run_findings(rr.transitions, links, grokking)],
         "axes": axes,
         "lead_lag": links,
         "grokking": grokking,
     }
-
-
-def _config(run: dict) -> dict:
-    config = run.get("config")
-    if isinstance(config, str):
-        try:
-            config = json.loads(config)
-        except ValueError:
-            return {}
-    return config if isinstance(config, dict) else {}
 
 
 def _jsonable(value: object) -> object:
@@ -124,7 +125,6 @@ def _warnings_html(summ: dict) -> str:
         return ""
     items = "".join(f"<li><b>{esc(w['kind'])}</b>: {esc(w['message'])}</li>" for w in summ["warnings"])
     return f'<h2 class="warn">Warnings</h2><ul class="warn">{items}</ul>'
-
 
 
 def _findings_html(summ: dict) -> str:
@@ -232,7 +232,7 @@ _GROK_STATUS = {
 
 
 def _grokking_html(run_dir: Path, rr: RunReport) -> list[str]:
-    g = grokking_summary(rr.evals, threshold=rr.grok_threshold)
+    g = _grokking(rr)
     parts = ["<h2>Grokking</h2>", f'<p class="muted">{esc(_GROK_STATUS[g.status])}.</p>']
     if g.status in ("no_evals", "no_test_split"):
         return parts
@@ -322,7 +322,7 @@ def write_run_page(out: Path, rr: RunReport) -> Path:
 
 
 def _grokking_comparison(out: Path, reports: list[RunReport], configs: dict[str, dict]) -> list[str]:
-    summaries = {rr.run_id: grokking_summary(rr.evals, threshold=rr.grok_threshold) for rr in reports}
+    summaries = {rr.run_id: _grokking(rr) for rr in reports}
     if not any(s.status not in ("no_evals", "no_test_split") for s in summaries.values()):
         return []
     groups = compare_grokking(summaries, configs)
