@@ -252,15 +252,11 @@ def bh_adjust(p: np.ndarray) -> np.ndarray:
     p = np.asarray(p, dtype=float)
     out = np.full_like(p, np.nan)
     ok = np.isfinite(p)
-    m = int(ok.sum())
-    if m:
-        q = p[ok]
-        order = np.argsort(q, kind="stable")
-        scaled = q[order] * m / np.arange(1, m + 1)
-        adj = np.minimum.accumulate(scaled[::-1])[::-1]
-        res = np.empty(m)
-        res[order] = np.minimum(adj, 1.0)
-        out[ok] = res
+    if ok.any():
+        # imported here: statsmodels pulls in scipy.stats (slow, and it probes torch)
+        from statsmodels.stats.multitest import multipletests
+
+        out[ok] = multipletests(p[ok], method="fdr_bh")[1]
     return out
 
 

@@ -40,9 +40,7 @@ A run without the needed eval records gets ``status`` saying why, never an error
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
-from statistics import NormalDist
 
 import polars as pl
 
@@ -109,16 +107,17 @@ def rise_window(steps: list[int], values: list[float]) -> tuple[int | None, int 
 def wilson_bounds(successes: float, n: float, confidence: float = DEFAULT_CONFIDENCE) -> tuple[float, float]:
     """One-sided Wilson (1927) score bounds at level ``confidence`` for ``successes`` of ``n``.
 
-    Returns ``(lower, upper)``; each is a one-sided bound at ``confidence``.
+    Returns ``(lower, upper)``; each is a one-sided bound at ``confidence`` (statsmodels'
+    two-sided Wilson interval at ``2 * confidence - 1``).
     """
     if n <= 0:
         return 0.0, 1.0
-    z = NormalDist().inv_cdf(confidence)
-    p = min(max(successes / n, 0.0), 1.0)
-    z2n = z * z / n
-    centre = p + z2n / 2
-    half = z * math.sqrt(p * (1 - p) / n + z2n / (4 * n))
-    return max(0.0, (centre - half) / (1 + z2n)), min(1.0, (centre + half) / (1 + z2n))
+    # imported here: statsmodels pulls in scipy.stats (slow, and it probes torch)
+    from statsmodels.stats.proportion import proportion_confint
+
+    successes = min(max(successes, 0.0), n)
+    lower, upper = proportion_confint(successes, n, alpha=2 * (1 - confidence), method="wilson")
+    return max(0.0, float(lower)), min(1.0, float(upper))
 
 
 def _stretches(values: list[float], threshold: float) -> list[tuple[int, int]]:

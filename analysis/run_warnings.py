@@ -44,16 +44,16 @@ PRIMARY = "correctness"
 
 
 def two_proportion_p(p1: float, n1: int, p2: float, n2: int) -> float:
-    """One-sided p-value that the rate behind ``p2`` (of ``n2``) exceeds that behind ``p1`` (pooled z)."""
-    from scipy.stats import norm
-
+    """One-sided p-value that the rate behind ``p2`` (of ``n2``) exceeds that behind ``p1``
+    (statsmodels' pooled two-proportion z-test)."""
     if not (n1 and n2) or any(v is None or not math.isfinite(v) for v in (p1, p2)):
         return math.nan
     pooled = (p1 * n1 + p2 * n2) / (n1 + n2)
-    se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
-    if se == 0:
+    if pooled in (0.0, 1.0):  # no spread at all: the z-test is undefined, the answer is not
         return 0.0 if p2 > p1 else 1.0
-    return float(norm.sf((p2 - p1) / se))
+    from statsmodels.stats.proportion import proportions_ztest  # imported here: slow to import
+
+    return float(proportions_ztest([p2 * n2, p1 * n1], [n2, n1], alternative="larger")[1])
 
 
 def _evals(evals: pl.DataFrame, split: str, axis: str = PRIMARY) -> list[dict]:
