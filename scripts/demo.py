@@ -23,21 +23,20 @@ ROOT = Path(__file__).resolve().parent.parent
 RUNS = Path("runs/demo")
 
 
-def correctness_by_decile(log_path: Path) -> tuple[float, float, int]:
-    steps = [r for r in map(json.loads, log_path.open()) if r["kind"] == "step"]
+def correctness_by_decile(records: list[dict]) -> tuple[float, float, int]:
+    steps = [r for r in records if r["kind"] == "step"]
     n = max(1, len(steps) // 10)
 
-    def mean(records):
-        values = [s["rewards"]["correctness"] for r in records for s in r["gepa"]]
+    def mean(chunk):
+        values = [s["rewards"]["correctness"] for r in chunk for s in r["gepa"]]
         return sum(values) / len(values)
 
     return mean(steps[:n]), mean(steps[-n:]), len(steps)
 
 
-def eval_correctness(log_path: Path, split: str) -> tuple[float, float, int] | None:
+def eval_correctness(records: list[dict], split: str) -> tuple[float, float, int] | None:
     """Greedy eval correctness on ``split`` at the first and the last eval, and the split's size."""
-    evals = [r for r in map(json.loads, log_path.open())
-             if r["kind"] == "eval" and r["split"] == split and "correctness" in r["metrics"]]
+    evals = [r for r in records if r["kind"] == "eval" and r["split"] == split and "correctness" in r["metrics"]]
     if len(evals) < 2:
         return None
     return evals[0]["metrics"]["correctness"], evals[-1]["metrics"]["correctness"], evals[-1]["n"]
@@ -58,10 +57,12 @@ def main() -> int:
 
     config = TrainConfig.from_file(str(ROOT / "configs/demo/train.yaml"), model=str(RUNS / "model"))
     trainer = train(config)
-    first, last, n = correctness_by_decile(trainer.run.log_path)
+    with trainer.run.log_path.open(encoding="utf-8") as log:
+        records = [json.loads(line) for line in log]
+    first, last, n = correctness_by_decile(records)
     print(f"log: {trainer.run.log_path} ({n} steps)")
     print(f"training reward (sampled, train prompts): correctness {first:.3f} -> {last:.3f}")
-    train, held_out = (eval_correctness(trainer.run.log_path, split) for split in ("train", "test"))
+    train, held_out = (eval_correctness(records, split) for split in ("train", "test"))
     if train:
         print(f"greedy eval, train prompts:    correctness {train[0]:.3f} -> {train[1]:.3f} (n = {train[2]})")
     if held_out is None:
