@@ -22,7 +22,7 @@ def opt(default, help: str, **extra):
 WEIGHT_DECAY_KINDS = ("biases", "norms", "embeddings")
 
 
-def _parse_betas(value) -> tuple[float, float]:
+def parse_betas(value) -> tuple[float, float]:
     if isinstance(value, (list, tuple)):
         parts = list(value)
     else:
@@ -36,7 +36,7 @@ def _parse_betas(value) -> tuple[float, float]:
     return betas
 
 
-def _format_floats(values) -> str:
+def format_floats(values) -> str:
     return ",".join(repr(float(v)) for v in values)
 
 
@@ -140,13 +140,13 @@ class TrainConfig:
             if not math.isfinite(getattr(self, name)):
                 raise UserError(f"--{name.replace('_', '-')} must be finite")
         # Normalise the two list-valued options to their canonical strings (YAML may give lists).
-        object.__setattr__(self, "adam_betas", _format_floats(_parse_betas(self.adam_betas)))
+        object.__setattr__(self, "adam_betas", format_floats(parse_betas(self.adam_betas)))
         object.__setattr__(self, "weight_decay_exclude", ",".join(_parse_exclude(self.weight_decay_exclude)))
 
     @property
     def betas(self) -> tuple[float, float]:
         """``--adam-betas`` as the tuple AdamW takes."""
-        return _parse_betas(self.adam_betas)
+        return parse_betas(self.adam_betas)
 
     @property
     def no_decay(self) -> tuple[str, ...]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rg_tracer.config import TrainConfig
+from rg_tracer.config import TrainConfig, format_floats, parse_betas
 from rg_tracer.data import Dataset, load_dataset, resolve_eval_path
 from rg_tracer.dapo.checkpoint import latest_checkpoint, read_trainer_state
 from rg_tracer.errors import UserError
@@ -82,8 +82,8 @@ def _check_resume_optimizer(config: TrainConfig, saved: dict) -> None:
     defaults = TrainConfig.__dataclass_fields__
     for name in _OPTIMIZER_SHAPE:
         then = saved.get(name, defaults[name].default)
-        if name == "adam_betas":
-            then = ",".join(repr(float(b)) for b in str(then).split(","))
+        if name == "adam_betas":  # in the same canonical form TrainConfig gives it
+            then = format_floats(parse_betas(then))
         now = getattr(config, name)
         if then != now:
             flag = "--" + name.replace("_", "-")
