@@ -21,7 +21,7 @@ __all__ = ["analyze_runs", "DRILLDOWN_TRANSITIONS", "DRILLDOWN_STEPS", "DRILLDOW
 
 DRILLDOWN_TRANSITIONS = 8  # largest |delta| first
 #: A run's page is rewritten only when its log, the options or this version changed.
-REPORT_VERSION = 6
+REPORT_VERSION = 7
 STAMP = ".report-stamp"
 DRILLDOWN_STEPS = 3  # steps looked at either side
 DRILLDOWN_SAMPLES = 3  # completions shown either side: the extremes in the direction of the change
