@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rg_tracer.schema import SchemaError, validate
+from rg_tracer.schema import LOG_NAME, SchemaError, validate
 
 __all__ = [
     "LogFile",
@@ -39,7 +39,7 @@ __all__ = [
     "split_error",
 ]
 
-TRAIN_LOG = "train.jsonl"
+TRAIN_LOG = LOG_NAME
 
 
 @dataclass(frozen=True)

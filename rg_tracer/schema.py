@@ -28,6 +28,7 @@ import math
 from typing import Any
 
 __all__ = [
+    "LOG_NAME",
     "SCHEMA",
     "KINDS",
     "RL_KEYS",
@@ -40,6 +41,8 @@ __all__ = [
 ]
 
 SCHEMA = "rg-tracer/1"
+#: the file name of a run's log inside its run directory
+LOG_NAME = "train.jsonl"
 KINDS = ("run", "step", "eval", "end")
 
 #: Keys every ``step`` record's ``rl`` object carries (``None`` never; NaN is

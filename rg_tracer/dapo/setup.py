@@ -18,13 +18,13 @@ from rg_tracer.config import TrainConfig, format_floats, parse_betas
 from rg_tracer.data import Dataset, load_dataset, resolve_eval_path
 from rg_tracer.dapo.checkpoint import latest_checkpoint, read_trainer_state
 from rg_tracer.errors import UserError
+from rg_tracer.schema import LOG_NAME
 from rg_tracer.models import load_model, resolve_device
 from rg_tracer.reward_mixer import load_reward_mixer
 from rg_tracer.scorers import load_scorer
 
 __all__ = ["PreparedRun", "prepare_run", "versions"]
 
-LOG_NAME = "train.jsonl"
 
 
 @dataclass

@@ -45,10 +45,10 @@ from rg_tracer.errors import UserError
 from rg_tracer.models import load_model, resolve_device
 from rg_tracer.reward_mixer import check_overlap, load_reward_mixer
 from rg_tracer.scorers import load_scorer
+from rg_tracer.schema import LOG_NAME
 
 __all__ = ["EggrollRun", "EggrollSearch", "es_step", "prepare", "search"]
 
-LOG_NAME = "train.jsonl"
 MODEL_DIR = "model"
 
 
