@@ -18,6 +18,10 @@ rule over the logs:
   over a window of ``window`` steps (``max(20, 5%)`` of the run): the groups
   carry no learning signal; or ``entropy`` averaged below ``ENTROPY_FLOOR`` of
   its mean over the first 5% of steps over such a window.
+* ``saturated``: the same zero-variance window, but the primary axis averaged at
+  least ``SOLVED`` there: the groups agree because the training prompts are
+  solved, not because the policy collapsed. RL has nothing left to learn from
+  them; only held-out evals say whether that generalised.
 * ``dead_axis``: an axis with a non-zero weight whose every sample had the
   same value (no step mean moved, no group had a spread).
 * ``no_eos``: at least ``TRUNCATED_FRAC`` of the completions of the last 10%
@@ -32,12 +36,13 @@ import math
 import numpy as np
 import polars as pl
 
-__all__ = ["run_warnings", "two_proportion_p", "ALPHA", "MIN_GAP", "COLLAPSE_FRAC", "ENTROPY_FLOOR",
+__all__ = ["run_warnings", "two_proportion_p", "ALPHA", "MIN_GAP", "COLLAPSE_FRAC", "ENTROPY_FLOOR", "SOLVED",
            "TRUNCATED_FRAC"]
 
 ALPHA = 0.01
 MIN_GAP = 0.1
 COLLAPSE_FRAC = 0.9
+SOLVED = 0.9
 ENTROPY_FLOOR = 0.1
 TRUNCATED_FRAC = 0.99
 PRIMARY = "correctness"
@@ -138,7 +143,15 @@ def _sustained(steps: np.ndarray, values: np.ndarray, window: int, test) -> list
     return [int(steps[hit[0] - window + 1]), int(steps[hit[-1]])]
 
 
-def _collapse(metrics: pl.DataFrame, window: int) -> list[dict]:
+def _primary_mean(fitness: pl.DataFrame, axis: str | None, steps: list[int]) -> float | None:
+    if axis is None or fitness.is_empty():
+        return None
+    rows = fitness.filter((pl.col("kind") == "reward") & (pl.col("axis") == axis)
+                          & pl.col("step").is_between(steps[0], steps[1]))
+    return float(rows["mean"].mean()) if rows.height else None
+
+
+def _collapse(metrics: pl.DataFrame, window: int, fitness: pl.DataFrame, primary: str | None) -> list[dict]:
     out = []
     for name in ("zero_std_group_frac", "entropy"):
         series = metrics.filter(pl.col("metric") == name).sort("step")
@@ -147,7 +160,16 @@ def _collapse(metrics: pl.DataFrame, window: int) -> list[dict]:
         steps, values = series["step"].to_numpy(), series["value"].to_numpy()
         if name == "zero_std_group_frac":
             where = _sustained(steps, values, window, lambda r: r >= COLLAPSE_FRAC)
-            if where:
+            solved = _primary_mean(fitness, primary, where) if where else None
+            if where and solved is not None and solved >= SOLVED:
+                out.append({"kind": "saturated", "steps": where,
+                            "message": (f"from step {where[0]} to {where[1]} at least {COLLAPSE_FRAC:.0%} of groups "
+                                        f"scored alike with mean {primary} {solved:.2f}: the training prompts are "
+                                        "solved, so RL has no signal left; held-out evals, not the training "
+                                        "reward, say whether it generalised"),
+                            "evidence": {"metric": name, "window": window, "threshold": COLLAPSE_FRAC,
+                                         "primary": primary, "primary_mean": solved}})
+            elif where:
                 out.append({"kind": "collapse", "steps": where,
                             "message": (f"at least {COLLAPSE_FRAC:.0%} of groups had no reward variance over "
                                         f"{window}-step windows from step {where[0]} to {where[1]}: no learning "
@@ -204,5 +226,5 @@ def run_warnings(fitness: pl.DataFrame, metrics: pl.DataFrame, evals: pl.DataFra
     ``max_new_tokens``: the run's completion limit, when known)."""
     steps = fitness["step"].n_unique() if not fitness.is_empty() else 0
     window = max(20, steps // 20)
-    return [*_memorisation(evals), *_reward_hacking(transitions, evals, weights), *_collapse(metrics, window),
+    return [*_memorisation(evals), *_reward_hacking(transitions, evals, weights), *_collapse(metrics, window, fitness, _primary(weights)),
             *_dead_axes(fitness, weights), *_no_eos(truncation, max_new_tokens)]

@@ -76,6 +76,10 @@ def test_collapse_of_groups_and_of_entropy():
     assert _kinds(metrics=metric("zero_std_group_frac", late)) == ["collapse"]
     assert _kinds(metrics=metric("zero_std_group_frac", np.where(STEPS % 2 == 0, 0.95, 0.3))) == []  # not sustained
     assert _kinds(metrics=metric("entropy", np.where(STEPS >= 300, 0.01, 2.0))) == ["collapse"]
+    solved = _fitness(correctness=np.where(STEPS >= 300, 0.97, 0.4))  # groups agree because all are right
+    assert _kinds(solved, metrics=metric("zero_std_group_frac", late)) == ["saturated"]
+    failing = _fitness(correctness=np.where(STEPS >= 300, 0.02, 0.4))  # groups agree because all are wrong
+    assert _kinds(failing, metrics=metric("zero_std_group_frac", late)) == ["collapse"]
     assert _kinds(metrics=metric("entropy", np.where(STEPS >= 300, 1.0, 2.0))) == []
 
 
