@@ -15,10 +15,19 @@ def test_arithmetic_axes_hand_computed():
     assert rows[2]["reasoning_quality"] == 0.0
     assert rows[0]["reasoning_quality"] == 0.0  # no statements written
     assert rows[3]["format_penalty"] == 1.0  # no integer at all
-    assert rows[4]["format_penalty"] == 0.5  # one junk char of two
-    assert rows[0]["format_penalty"] == 0.0
+    assert rows[4]["format_penalty"] == 1.0  # junk glued to the answer
+    assert [r["format_penalty"] for r in rows[:3]] == [0.0, 0.0, 0.0]  # each ends in an integer
     assert rows[2]["answer_closeness"] == pytest.approx(1 / 2)
     assert rows[0]["answer_length"] == 1.0
+
+
+@pytest.mark.parametrize("completion, penalty", [
+    ("7", 0.0), ("-7", 0.0), (" 12\n", 0.0), ("so 7", 0.0), ("3+4=7", 0.0), ("3+4 = 7", 0.0),
+    ("6%", 1.0), ("8*", 1.0), ("%8", 1.0), ("T88", 1.0), ("18k", 1.0), ("7.", 1.0), ("", 1.0), ("=", 1.0), ("x=7", 1.0), ("(3+4)=7", 0.0),
+])
+def test_format_penalty_cannot_be_bought_with_junk(completion, penalty):
+    row = ArithmeticScorer().score(["3+4="], [completion], [{"answer": "7"}])[0]
+    assert row["format_penalty"] == penalty
 
 
 def test_statement_helpers():

@@ -5,9 +5,11 @@ Axes (all floats per completion):
 ``correctness``        1 if the completion's final integer equals the reference answer.
 ``reasoning_quality``  fraction of arithmetic statements ``a op b = c`` written in the
                        completion that are true (0 when it writes none).
-``format_penalty``     1 when no integer answer is found; otherwise the fraction of
-                       non-space characters that are not digits, operators or ``=``.
-                       It is a penalty: the shipped mixer weight is negative.
+``format_penalty``     0 when the completion ends in its answer: its last
+                       whitespace-separated word is an integer, alone or closing a
+                       statement (``7``, ``so 7``, ``3+4=7``); 1 otherwise (``6%``, ``x7``,
+                       ``8*``, no integer). Binary, so stray characters around a number
+                       cannot buy part of it back. A penalty: mixer weights are negative.
 ``answer_closeness``   ``1 / (1 + |answer - reference|)``; 0 when no integer is found.
                        Dense partial credit that lets a randomly initialised model find
                        short numeric answers before it finds exact ones.
@@ -25,7 +27,7 @@ __all__ = ["ArithmeticScorer", "final_integer", "statement_accuracy"]
 
 _INT = re.compile(r"-?\d+")
 _STATEMENT = re.compile(r"(-?\d+)\s*([-+*/%])\s*(-?\d+)\s*=\s*(-?\d+)")
-_ARITH_CHARS = set("0123456789+-*/%=()")
+_ENDS_IN_ANSWER = re.compile(r"(?:[-+*/%()\d]+=)?-?\d+")
 
 
 def final_integer(text: str) -> int | None:
@@ -71,11 +73,8 @@ class ArithmeticScorer:
             expected = int(str(reference["answer"]).strip())
         except (KeyError, ValueError):
             expected = None
-        visible = [ch for ch in completion if not ch.isspace()]
-        if answer is None:
-            penalty = 1.0
-        else:
-            penalty = sum(ch not in _ARITH_CHARS for ch in visible) / len(visible)
+        words = completion.split()
+        penalty = 0.0 if words and _ENDS_IN_ANSWER.fullmatch(words[-1]) else 1.0
         return {
             "correctness": float(answer is not None and answer == expected),
             "reasoning_quality": statement_accuracy(completion),
