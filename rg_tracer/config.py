@@ -90,7 +90,7 @@ class TrainConfig:
     grokfast_alpha: float = opt(0.98, "EMA decay of the slow gradient (GrokFast); also used for the slow/fast ratio diagnostic.")
     grokfast_lambda: float = opt(0.0, "Add lambda x slow gradient to each gradient before clipping (GrokFast; 0: off, paper: 2-5).")
     diag_every: int = opt(10, "Log grokking diagnostics (weight norms, slow/fast gradient ratio) every N steps (0: off, saves one gradient-sized buffer).")
-    eval_every: int = opt(100, "Evaluate on the held-out split every N steps and at the end (0: never).")
+    eval_every: int = opt(100, "Evaluate on the held-out split (and a train sample) before the first step, every N steps, at the end of --sft-steps and at the end (0: never).")
     eval_samples: int = opt(64, "Prompts per split and evaluation, greedy decoding (0: all).")
     save_every: int = opt(0, "Write a checkpoint every N steps (0: only at the end).")
     seed: int = opt(42, "Base seed: prompt order and each step's sampling seed derive from it.")

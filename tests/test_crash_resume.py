@@ -65,7 +65,7 @@ def test_sigkill_and_resume_matches_unbroken_run(tmp_path, tiny_model_dir, unbro
     records = supersede([validate(json.loads(line)) for line in log.read_text().splitlines()])
     assert [r["step"] for r in records if r["kind"] == "step"] == list(range(1, STEPS + 1))
     assert [(r["step"], r["split"]) for r in records if r["kind"] == "eval"] == [
-        (s, split) for s in (4, 8, 12) for split in ("test", "train")]
+        (s, split) for s in (0, 4, 8, 12) for split in ("test", "train")]
     want, got = final_weights(unbroken), final_weights(out)
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6)

@@ -36,8 +36,9 @@ def test_two_steps_train_and_log_valid_records(tmp_path, tiny_model_dir, arch):
     assert any(not torch.equal(before[k], after[k]) for k in before), "no parameter changed"
 
     records = read_log(trainer.run.log_path)
-    assert [r["kind"] for r in records] == ["run", "step", "step", "eval", "eval", "end"]
-    run, step = records[0], records[1]
+    assert [r["kind"] for r in records] == ["run", "eval", "eval", "step", "step", "eval", "eval", "end"]
+    assert [r["step"] for r in records if r["kind"] == "eval"] == [0, 0, 2, 2]  # a baseline, then the end
+    run, step = records[0], records[3]
     assert run["resumed_from_step"] is None and run["reward_weights"]["correctness"] == 1.0
     assert set(RL_KEYS) <= set(step["rl"])
     assert all(step["rl"][k] is not None for k in RL_KEYS)
@@ -47,7 +48,7 @@ def test_two_steps_train_and_log_valid_records(tmp_path, tiny_model_dir, arch):
     assert ids[0] == ids[1] and ids[2] == ids[3] and ids[0] != ids[2]  # prompt-major groups
     assert {"correctness", "reasoning_quality", "format_penalty"} <= set(step["gepa"][0]["rewards"])
     assert step["gepa"][0]["tags"].keys() == {"answer_length"}
-    assert [r["split"] for r in records[3:5]] == ["test", "train"]
+    assert [r["split"] for r in records[5:7]] == ["test", "train"]
     assert (tmp_path / "run" / "checkpoints" / "step-000002" / "trainer_state.json").is_file()
 
 

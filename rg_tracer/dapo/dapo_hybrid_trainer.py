@@ -287,6 +287,9 @@ class DAPOHybridTrainer:
         results = evaluate_splits(self.policy, self.run.scorer, self.run.train, self.run.eval,
                                   max_new_tokens=self.config.max_new_tokens, eval_samples=self.config.eval_samples,
                                   train_order_seed=seed_for(self.config.seed, 0, salt=2))
+        if not self._mixer_checked:  # the baseline eval may be the first record: refuse before it
+            check_overlap(self.run.mixer, set(results[0][2]), f"--reward-mixer {self.config.reward_mixer}")
+            self._mixer_checked = True
         return [self.logger.write("eval", step=step, split=split, n=n, metrics=metrics)
                 for split, n, metrics in results]
 
@@ -312,9 +315,11 @@ class DAPOHybridTrainer:
         bar = tqdm(total=cfg.max_steps, initial=start, desc="train", disable=not cfg.progress,
                    dynamic_ncols=True, file=sys.stderr)
         try:
+            if cfg.eval_every and start == 0 and run.resumed_from_step is None:
+                self.evaluate(0)  # the baseline every later eval is read against
             for step in range(start + 1, cfg.max_steps + 1):
                 record = self.train_step(step)
-                if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+                if cfg.eval_every and (step % cfg.eval_every == 0 or step in (cfg.sft_steps, cfg.max_steps)):
                     self.evaluate(step)
                 if cfg.save_every and step % cfg.save_every == 0 and step != cfg.max_steps:
                     self.save()
