@@ -21,7 +21,7 @@ __all__ = ["analyze_runs", "DRILLDOWN_TRANSITIONS", "DRILLDOWN_STEPS", "DRILLDOW
 
 DRILLDOWN_TRANSITIONS = 8  # largest |delta| first
 #: A run's page is rewritten only when its log, the options or this version changed.
-REPORT_VERSION = 7
+REPORT_VERSION = 8
 STAMP = ".report-stamp"
 DRILLDOWN_STEPS = 3  # steps looked at either side
 DRILLDOWN_SAMPLES = 3  # completions shown either side: the extremes in the direction of the change
@@ -49,6 +49,16 @@ def _drilldown(runs: Runs, run_id: str, transitions: pl.DataFrame) -> list[tuple
 
 def _json(value: object) -> dict:
     return json.loads(value) if isinstance(value, str) else (value or {})
+
+
+def _rl_steps(metrics: pl.DataFrame, first: dict[str, dict]) -> pl.DataFrame:
+    """``metrics`` without each run's supervised warm-up steps (``sft_steps`` of its first run record)."""
+    warmup = {run_id: _json(r.get("config")).get("sft_steps") or 0 for run_id, r in first.items()}
+    if not any(warmup.values()):
+        return metrics
+    bounds = pl.DataFrame({"run_id": list(warmup), "warmup": [int(v) for v in warmup.values()]})
+    return metrics.join(bounds, on="run_id", how="left").filter(
+        pl.col("step") > pl.col("warmup").fill_null(0)).drop("warmup")
 
 
 def _notes(result: IngestResult, runs: Runs) -> list[str]:
@@ -94,7 +104,10 @@ def analyze_runs(
         fitness = runs.fitness()
         task_fitness = runs.fitness(by_task=True)
         metrics = runs.metrics()
-        correlations, xcorr = correlate(fitness, metrics, max_lag=max_lag)
+        first = {r["run_id"]: r for r in runs.sql(  # each run's first run record
+            "SELECT run_id, arg_min(config, segment) AS config, arg_min(reward_weights, segment) AS reward_weights "
+            "FROM segments GROUP BY run_id").iter_rows(named=True)}
+        correlations, xcorr = correlate(fitness, _rl_steps(metrics, first), max_lag=max_lag)
         transitions, transition_notes = changes_tables(fitness)
         for name, frame in (("fitness", fitness), ("task_fitness", task_fitness), ("correlations", correlations),
                             ("lead_lag", xcorr), ("transitions", transitions)):
@@ -106,9 +119,6 @@ def analyze_runs(
                   "transition_notes": transition_notes, "truncation": truncation}
         parts = {name: _split(frame) for name, frame in tables.items()}
         errors = _split(runs.sql("SELECT run_id, line, field, message FROM ingest_errors ORDER BY run_id, line"))
-        first = {r["run_id"]: r for r in runs.sql(  # each run's first run record
-            "SELECT run_id, arg_min(config, segment) AS config, arg_min(reward_weights, segment) AS reward_weights "
-            "FROM segments GROUP BY run_id").iter_rows(named=True)}
         reports = []
         for run in runs.runs().iter_rows(named=True):
             run_id = run["run_id"]

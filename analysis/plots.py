@@ -104,8 +104,9 @@ def axis_curves(fitness: pl.DataFrame, transitions: pl.DataFrame) -> Figure:
     return fig
 
 
-def metric_curves(metrics: pl.DataFrame, max_panels: int = 12) -> Figure:
-    """One panel per RL metric: the schema's core metrics, then those that vary, then the rest."""
+def metric_curves(metrics: pl.DataFrame, warmup: int = 0, max_panels: int = 12) -> Figure:
+    """One panel per RL metric: the schema's core metrics, then those that vary, then the rest;
+    steps 1..``warmup`` (a supervised warm-up) shaded."""
     spread = metrics.group_by("metric").agg((pl.col("value").max() - pl.col("value").min()).alias("range"))
     ranked = sorted(spread.iter_rows(), key=lambda r: (r[0] not in RL_KEYS, not (r[1] or 0) > 0, r[0]))
     names = [r[0] for r in ranked]
@@ -119,8 +120,12 @@ def metric_curves(metrics: pl.DataFrame, max_panels: int = 12) -> Figure:
     for ax, name in zip(axes, shown):
         f = _thin(metrics.filter(pl.col("metric") == name).sort("step"))
         ax.plot(f["step"].to_numpy(), f["value"].to_numpy(), color="C2", linewidth=0.9)
+        if warmup:
+            ax.axvspan(0, warmup, color="0.85", zorder=0, label="supervised warm-up")
         ax.set_title(_txt(name), fontsize=9, pad=11)  # room for a "1e-8" offset label
         ax.tick_params(labelsize=7)
+    if warmup:
+        axes[0].legend(fontsize=7, loc="best")
     return fig
 
 

@@ -53,6 +53,17 @@ class RunReport:
     errors: list[dict] = field(default_factory=list)
     cache: dict = field(default_factory=dict, repr=False)  # summary and grokking call, computed once
 
+    @property
+    def warmup(self) -> int:
+        """Supervised warm-up steps (``sft_steps`` of the run's config): 1..warmup are not RL."""
+        value = self.config.get("sft_steps") or 0
+        return value if isinstance(value, int) and value > 0 else 0
+
+    @property
+    def rl_metrics(self) -> pl.DataFrame:
+        """``metrics`` of the RL steps only: a warm-up's cross-entropy and entropy are another regime."""
+        return self.metrics.filter(pl.col("step") > self.warmup) if self.warmup else self.metrics
+
 
 def _finite(value: object) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
@@ -99,7 +110,7 @@ def _summary(rr: RunReport) -> dict:
         "steps": int(rr.run.get("n_steps") or 0),
         "last_step": rr.run.get("last_step"),
         "status": rr.run.get("status"),
-        "warnings": _jsonable(run_warnings(rr.fitness, rr.metrics, rr.evals, rr.transitions, rr.truncation,
+        "warnings": _jsonable(run_warnings(rr.fitness, rr.rl_metrics, rr.evals, rr.transitions, rr.truncation,
                                            rr.reward_weights, rr.config.get("max_new_tokens"))),
         "findings": [{k: _jsonable(v) for k, v in f.items()} for f in run_findings(rr.transitions, links, grokking)],
         "axes": axes,
@@ -259,6 +270,14 @@ def _grokking_html(run_dir: Path, rr: RunReport) -> list[str]:
     return parts
 
 
+def _warmup_html(rr: RunReport) -> str:
+    if not rr.warmup:
+        return ""
+    return (f'<p class="muted">Steps 1–{rr.warmup} are a supervised warm-up (cross-entropy on the reference '
+            f"answers, shaded): they sample no completions, so reward axes, transitions, lead/lag and the "
+            f"warnings start at step {rr.warmup + 1}, where RL starts.</p>")
+
+
 def write_run_page(out: Path, rr: RunReport) -> Path:
     """Write ``out/<run_id>/index.html``, its PNGs and ``summary.json``."""
     run_dir = out / rr.run_id
@@ -297,7 +316,8 @@ def write_run_page(out: Path, rr: RunReport) -> Path:
                    for r in rr.transitions.iter_rows(named=True)],
                   [False, False, False, True, True, False, True, True, True, True, True]),
             _transition_notes_html(rr),
-            "<h2>RL metrics</h2>", _figure(run_dir, "metrics.png", plots.metric_curves(rr.metrics), "RL metrics"),
+            "<h2>RL metrics</h2>", _warmup_html(rr),
+            _figure(run_dir, "metrics.png", plots.metric_curves(rr.metrics, rr.warmup), "RL metrics"),
             "<h2>Correlations</h2>",
             '<p class="muted">r0: same-step correlation of the prewhitened step means (one AR filter per pair); '
             "* = BH-adjusted p &lt; 0.05. Level correlations (pearson_r) carry no p-value: levels of "

@@ -17,7 +17,9 @@ rule over the logs:
 * ``collapse``: ``zero_std_group_frac`` averaged at least ``COLLAPSE_FRAC``
   over a window of ``window`` steps (``max(20, 5%)`` of the run): the groups
   carry no learning signal; or ``entropy`` averaged below ``ENTROPY_FLOOR`` of
-  its mean over the first 5% of steps over such a window.
+  its mean over the first 5% of steps over such a window, unless the primary
+  axis averaged at least ``SOLVED`` there (a policy certain because it is right
+  has converged, not collapsed).
 * ``saturated``: the same zero-variance window, but the primary axis averaged at
   least ``SOLVED`` there: the groups agree because the training prompts are
   solved, not because the policy collapsed. RL has nothing left to learn from
@@ -181,7 +183,8 @@ def _collapse(metrics: pl.DataFrame, window: int, fitness: pl.DataFrame, primary
             if early <= 0:
                 continue
             where = _sustained(steps, values, window, lambda r: r < ENTROPY_FLOOR * early)
-            if where:
+            solved = _primary_mean(fitness, primary, where) if where else None
+            if where and not (solved is not None and solved >= SOLVED):  # certain because right: converged
                 out.append({"kind": "collapse", "steps": where,
                             "message": (f"entropy fell below {ENTROPY_FLOOR:.0%} of its early level ({early:.3g}) "
                                         f"from step {where[0]} to {where[1]}: the policy stopped exploring"),

@@ -80,6 +80,8 @@ def test_collapse_of_groups_and_of_entropy():
     assert _kinds(solved, metrics=metric("zero_std_group_frac", late)) == ["saturated"]
     failing = _fitness(correctness=np.where(STEPS >= 300, 0.02, 0.4))  # groups agree because all are wrong
     assert _kinds(failing, metrics=metric("zero_std_group_frac", late)) == ["collapse"]
+    sharp = metric("entropy", np.where(STEPS >= 300, 0.01, 2.0))
+    assert _kinds(solved, metrics=sharp) == [] and _kinds(failing, metrics=sharp) == ["collapse"]
     assert _kinds(metrics=metric("entropy", np.where(STEPS >= 300, 1.0, 2.0))) == []
 
 
