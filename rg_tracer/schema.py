@@ -24,7 +24,6 @@ records by :func:`upgrade`. ``docs/log_schema.md`` is the prose version.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 __all__ = [
@@ -193,12 +192,6 @@ def validate(record: Any) -> dict:
         raise SchemaError("kind", f"expected one of {', '.join(KINDS)}, got {kind!r}")
     _VALIDATORS[kind](record)
     return record
-
-
-def finite_or_none(value: float) -> float | None:
-    """JSON has no NaN/Infinity: a non-finite metric is written as ``null``."""
-    value = float(value)
-    return value if math.isfinite(value) else None
 
 
 def supersede(records: list[dict]) -> list[dict]:

@@ -6,7 +6,7 @@ every table and reads the logs again from the start.
 
 from __future__ import annotations
 
-__all__ = ["LAYOUT", "PUBLIC_TABLES", "STEP_TABLES", "DDL", "VIEWS", "DERIVED_TABLES"]
+__all__ = ["LAYOUT", "STEP_TABLES", "DDL", "VIEWS", "DERIVED_TABLES"]
 
 LAYOUT = "rg-tracer-db/1"
 
@@ -67,17 +67,6 @@ CREATE OR REPLACE VIEW sample_axes AS
 
 #: Tables keyed by (run_id, step) whose rows a re-logged or resumed step replaces.
 STEP_TABLES = ("_steps", "_samples")
-
-PUBLIC_TABLES = (
-    "runs",
-    "segments",
-    "steps",
-    "rl_metrics",
-    "samples",
-    "sample_axes",
-    "evals",
-    "ingest_errors",
-)
 
 #: Written by ``rg-tracer analyze`` (replaced on every analyze).
 DERIVED_TABLES = ("fitness", "task_fitness", "correlations", "lead_lag", "transitions")
