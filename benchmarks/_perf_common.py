@@ -143,8 +143,8 @@ def wrap_generate(model, phases: Phases, eos_id: int, pad_id: int) -> None:
 
 
 def wrap_cached_decode(phases: Phases, eos_id: int, pad_id: int) -> None:
-    """The same timing and counts for rg-tracer's own sampling loop (``rg_tracer.dapo.decode``)."""
-    import rg_tracer.dapo.hf_policy_adapter as adapter
+    """The same timing and counts for rg-tracer's own sampling loop (``rg_tracer.runtime.decode``)."""
+    import rg_tracer.runtime.policy_adapter as adapter
 
     original = adapter.cached_decode
 
@@ -164,6 +164,23 @@ def wrap_cached_decode(phases: Phases, eos_id: int, pad_id: int) -> None:
 
 
 # -- memory -----------------------------------------------------------------------
+class NullLogger:
+    """Builds each record as the trainer's logger does and writes nothing: the log's cost by difference."""
+
+    path = None
+
+    def stage(self, kind: str, **fields) -> dict:
+        return self.write(kind, **fields)
+
+    def write(self, kind: str, **fields) -> dict:
+        from rg_tracer.schema import SCHEMA
+
+        return {"schema": SCHEMA, "kind": kind, **fields}
+
+    def close(self) -> None:
+        pass
+
+
 def rss_mib() -> float:
     with open("/proc/self/status") as f:
         for line in f:

@@ -39,8 +39,8 @@ def run_setting(setting: pc.Setting, model_dir: Path, pairs: int, warmup: int, s
     import torch
 
     from rg_tracer.config import TrainConfig
-    from rg_tracer.dapo.dapo_hybrid_trainer import DAPOHybridTrainer
-    from rg_tracer.dapo.logging import JsonlLogger, NullLogger
+    from rg_tracer.dapo.trainer import DAPOHybridTrainer
+    from rg_tracer.runtime.log_writer import JsonlLogger
     from rg_tracer.dapo.setup import prepare_run
 
     out_dir = tempfile.mkdtemp(prefix="rgt-logbench-")
@@ -52,7 +52,7 @@ def run_setting(setting: pc.Setting, model_dir: Path, pairs: int, warmup: int, s
     )
     trainer = DAPOHybridTrainer(prepare_run(cfg))
     trainer.run.model.generation_config.min_new_tokens = setting.max_new_tokens
-    jsonl, null = trainer.logger, NullLogger()
+    jsonl, null = trainer.logger, pc.NullLogger()
     assert isinstance(jsonl, JsonlLogger), type(jsonl)
 
     phases = pc.Phases()

@@ -62,8 +62,7 @@ def worker_ours(a) -> dict:
     import torch
 
     from rg_tracer.config import TrainConfig
-    from rg_tracer.dapo.dapo_hybrid_trainer import DAPOHybridTrainer
-    from rg_tracer.dapo.logging import NullLogger
+    from rg_tracer.dapo.trainer import DAPOHybridTrainer
     from rg_tracer.dapo.setup import prepare_run
     from rg_tracer.models import quiet_transformers
 
@@ -80,7 +79,7 @@ def worker_ours(a) -> dict:
     model, tok = trainer.run.model, trainer.run.tokenizer
     model.generation_config.min_new_tokens = a.max_new_tokens  # EOS suppressed: full-length completions
     if a.no_log:
-        trainer.logger = NullLogger()
+        trainer.logger = pc.NullLogger()
     apply_patch(trainer, a.patch)
 
     phases = pc.Phases()

@@ -15,11 +15,12 @@ import torch
 from gepa_dapo_grn import DAPOConfig, DAPOTrainer, RewardMixerConfig
 from gepa_dapo_grn.dapo_core import DAPOBatch
 
-from rg_tracer.dapo import FeedbackMappingConfig, HFPolicyAdapter, make_gepa_feedback
-from rg_tracer.dapo.logging import JsonlLogger
 from rg_tracer.dapo.optim import ClippingOptimizer
 from rg_tracer.models import TinyModelSpec, init_model, load_model, quiet_transformers
-from rg_tracer.scorers import ArithmeticScorer
+from rg_tracer.runtime.feedback_adapter import make_gepa_feedback
+from rg_tracer.runtime.log_writer import JsonlLogger
+from rg_tracer.runtime.policy_adapter import HFPolicyAdapter
+from rg_tracer.scorers import ArithmeticScorer, FeedbackMappingConfig
 
 G = 4  # completions per prompt
 PROMPTS = [("2+3=", "5"), ("4+4=", "8"), ("1+6=", "7"), ("0+9=", "9")]

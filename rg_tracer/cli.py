@@ -57,7 +57,7 @@ def train_command(ctx: click.Context, config_file: str | None, **options) -> Non
     """
     config = config_from_cli(TrainConfig, ctx, config_file, options)
     quiet_transformers()
-    from rg_tracer.dapo.dapo_hybrid_trainer import train
+    from rg_tracer.dapo.trainer import train
 
     trainer = train(config)
     click.echo(f"log: {trainer.run.log_path} (step {trainer.step})")

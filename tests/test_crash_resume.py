@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rg_tracer.dapo.logging import drop_torn_tail
+from rg_tracer.runtime.log_writer import drop_torn_tail
 from rg_tracer.schema import supersede, validate
 from tests.conftest import MIXER, REPO, TOY
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from rg_tracer.dapo.hf_policy_adapter import HFPolicyAdapter
+from rg_tracer.runtime.policy_adapter import HFPolicyAdapter
 from rg_tracer.eggroll import Population, dense_delta, es_update, find_layers, perturbed, tile_members
 from rg_tracer.eggroll.lowrank import check_rank
 from rg_tracer.eggroll.search import es_step

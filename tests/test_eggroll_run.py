@@ -176,7 +176,7 @@ def test_export_user_errors(tmp_path, es_run):
 
 
 def test_member_batches_give_the_same_fitness_as_one_forward(tiny_model_dir):
-    from rg_tracer.dapo.hf_policy_adapter import HFPolicyAdapter
+    from rg_tracer.runtime.policy_adapter import HFPolicyAdapter
     from rg_tracer.data import load_dataset
     from rg_tracer.eggroll import Population, find_layers
     from rg_tracer.eggroll.members import evaluate_members

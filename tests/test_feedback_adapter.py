@@ -2,8 +2,9 @@ import math
 
 import pytest
 
-from rg_tracer.dapo import FeedbackMappingConfig, make_gepa_feedback
 from rg_tracer.errors import UserError
+from rg_tracer.runtime.feedback_adapter import make_gepa_feedback
+from rg_tracer.scorers import FeedbackMappingConfig
 
 
 def test_default_mapping_takes_unclaimed_keys_as_rewards():

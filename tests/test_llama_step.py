@@ -4,9 +4,9 @@ import pytest
 import torch
 import transformers as tf
 
-from rg_tracer.dapo.decode import supports_cached_decode
-from rg_tracer.dapo.hf_policy_adapter import HFPolicyAdapter
-from rg_tracer.dapo.llama_step import LlamaStep, supports_llama_step
+from rg_tracer.runtime.decode import supports_cached_decode
+from rg_tracer.runtime.policy_adapter import HFPolicyAdapter
+from rg_tracer.runtime.llama_step import LlamaStep, supports_llama_step
 
 VOCAB, PAD = 40, 0
 

@@ -94,7 +94,7 @@ def existing_runs(tmp_path):
     import torch
 
     from rg_tracer.config import TrainConfig
-    from rg_tracer.dapo.dapo_hybrid_trainer import train
+    from rg_tracer.dapo.trainer import train
     from rg_tracer.eggroll.config import EggrollConfig
     from rg_tracer.eggroll.search import search
     from rg_tracer.models import TinyModelSpec, init_model, quiet_transformers

@@ -12,13 +12,13 @@ import torch
 from click.testing import CliRunner
 
 from rg_tracer.cli import cli
-from rg_tracer.dapo.dapo_hybrid_trainer import (
+from rg_tracer.dapo.trainer import (
     DAPOHybridTrainer,
     _adamw,
     parameter_groups,
     train,
 )
-from rg_tracer.dapo.hf_policy_adapter import HFPolicyAdapter
+from rg_tracer.runtime.policy_adapter import HFPolicyAdapter
 from rg_tracer.dapo.optim import ClippingOptimizer
 from rg_tracer.dapo.setup import prepare_run
 from rg_tracer.errors import UserError

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from rg_tracer.dapo.hf_policy_adapter import HFPolicyAdapter
+from rg_tracer.runtime.policy_adapter import HFPolicyAdapter
 from rg_tracer.models import load_model
 
 
@@ -107,7 +107,7 @@ def test_char_tokenizer_round_trips_after_loading(tmp_path, arch):
 
 @pytest.mark.parametrize("greedy, temperature", [(False, 1.0), (False, 2.5), (True, 1.0)])
 def test_cached_decode_gives_generates_tokens(policy, greedy, temperature):
-    from rg_tracer.dapo.decode import cached_decode, supports_cached_decode
+    from rg_tracer.runtime.decode import cached_decode, supports_cached_decode
 
     assert supports_cached_decode(policy.model)
     tok = policy.tokenizer

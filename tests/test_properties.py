@@ -6,10 +6,11 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rg_tracer.dapo import FeedbackMappingConfig, make_gepa_feedback
-from rg_tracer.dapo.logging import JsonlLogger
 from rg_tracer.data import load_dataset
 from rg_tracer.errors import UserError
+from rg_tracer.runtime.feedback_adapter import make_gepa_feedback
+from rg_tracer.runtime.log_writer import JsonlLogger
+from rg_tracer.scorers import FeedbackMappingConfig
 from rg_tracer.schema import RL_KEYS, validate
 
 keys = st.text(min_size=1, max_size=12)

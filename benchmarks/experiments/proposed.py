@@ -4,7 +4,7 @@
         --patch benchmarks/experiments/proposed.py
 
 Nothing here is imported by the package. ``lean_sample`` and ``fused_adamw`` have since
-landed in the package (``rg_tracer/dapo/decode.py``, fused AdamW in the trainer); they stay
+landed in the package (``rg_tracer/runtime/decode.py``, fused AdamW in the trainer); they stay
 here only to reproduce the earlier measurements in ``benchmarks/RESULTS.md``. ``RGT_PATCHES`` (comma list) picks the changes;
 default ``lean_sample,fused_adamw``:
 

@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/experiments/sampler_ab.py [--setting small|large|both] [--reps 12]
 
 Variants: ``generate``; the prototypes in ``proposed.py`` (``lean``, ``lean+prealloc``);
-and ``rg-tracer``, the package's sampler as it is (``rg_tracer.dapo.decode.cached_decode``,
+and ``rg-tracer``, the package's sampler as it is (``rg_tracer.runtime.decode.cached_decode``,
 which runs Llama/Qwen2 through ``LlamaStep``). Same model, the same 16 rows (2 prompts of different lengths x 8, so left padding is
 exercised), EOS suppressed, one thread. Checks first that each variant draws exactly the
 tokens ``generate`` draws for the same seed, then times the variants round-robin and
@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     pc.set_threads()
     import torch
 
-    from rg_tracer.dapo.decode import cached_decode
+    from rg_tracer.runtime.decode import cached_decode
     from rg_tracer.models import load_model
 
     names = ["small", "large"] if a.setting == "both" else [a.setting]

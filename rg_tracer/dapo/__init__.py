@@ -1,18 +1,25 @@
-"""Trainer core: the policy adapter, feedback mapping, training loop and JSONL log."""
+"""DAPO on GEPA reward vectors: the training loop and what only it needs.
 
-from rg_tracer.dapo.feedback_adapter import FeedbackMappingConfig, make_gepa_feedback
+* :mod:`.config`      — :class:`TrainConfig`, the options of ``rg-tracer train``.
+* :mod:`.prepare`     — :func:`prepare_run`: the shared inputs plus checkpoint and resume state.
+* :mod:`.trainer`     — :class:`DAPOHybridTrainer` and :func:`train`, the loop.
+* :mod:`.sampling`    — groups of completions per prompt, overlong shaping, dynamic sampling.
+* :mod:`.objective`   — advantages and the DAPO loss correction around upstream's loss.
+* :mod:`.optim`       — AdamW parameter groups and the clipping wrapper that keeps the norm.
+* :mod:`.upstream`    — the workarounds for ``gepa_dapo_grn``'s ``DAPOTrainer``.
+* :mod:`.diagnostics` — weight norms and GrokFast's slow gradient.
 
-__all__ = ["FeedbackMappingConfig", "make_gepa_feedback", "HFPolicyAdapter", "DAPOHybridTrainer", "train"]
+What EGGROLL shares (policy adapter, decoding, log writer, evaluation, checkpoints, the
+run skeleton) lives in :mod:`rg_tracer.runtime`. ``train`` and ``DAPOHybridTrainer`` load
+on first use, so importing this package does not import torch.
+"""
+
+__all__ = ["DAPOHybridTrainer", "train"]
 
 
 def __getattr__(name: str):
-    # torch-heavy pieces load on first use, so ``from rg_tracer.dapo import FeedbackMappingConfig`` stays cheap.
-    if name == "HFPolicyAdapter":
-        from rg_tracer.dapo.hf_policy_adapter import HFPolicyAdapter
+    if name in __all__:
+        from rg_tracer.dapo import trainer
 
-        return HFPolicyAdapter
-    if name in ("DAPOHybridTrainer", "train"):
-        from rg_tracer.dapo import dapo_hybrid_trainer
-
-        return getattr(dapo_hybrid_trainer, name)
-    raise AttributeError(name)
+        return getattr(trainer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

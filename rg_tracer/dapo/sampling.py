@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from rg_tracer.dapo.feedback_adapter import make_gepa_feedback
-from rg_tracer.dapo.hf_policy_adapter import Rollout
+from rg_tracer.runtime.feedback_adapter import make_gepa_feedback
+from rg_tracer.runtime.policy_adapter import Rollout
 from rg_tracer.dapo.objective import mixed_rewards, zero_variance_groups
 from rg_tracer.scorers import run_scorer
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from rg_tracer.config import TrainConfig, format_floats, parse_betas
 from rg_tracer.data import Dataset, load_dataset, resolve_eval_path
-from rg_tracer.dapo.checkpoint import latest_checkpoint, read_trainer_state
+from rg_tracer.runtime.checkpoint import latest_checkpoint, read_trainer_state
 from rg_tracer.errors import UserError
 from rg_tracer.schema import LOG_NAME
 from rg_tracer.models import load_model, resolve_device

@@ -3,7 +3,7 @@
 Every member answers the same ``P`` prompts. Member batches of the population are
 stacked member-major into one ``generate`` call each (``N·P`` rows when the whole
 population fits), the perturbation riding in the Linear/Conv1D hooks, so the KV cache
-and left padding of :class:`~rg_tracer.dapo.hf_policy_adapter.HFPolicyAdapter` work
+and left padding of :class:`~rg_tracer.runtime.policy_adapter.HFPolicyAdapter` work
 unchanged. The scorer, the feedback mapping and upstream's ``mix_reward_vectors`` with
 the ``--reward-mixer`` weights then give one scalar per completion, exactly the
 trainer's reward; a member's fitness is the mean of its ``P`` scalars.
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from gepa_dapo_grn.reward_mixers import mix_reward_vectors
 
-from rg_tracer.dapo.feedback_adapter import make_gepa_feedback
+from rg_tracer.runtime.feedback_adapter import make_gepa_feedback
 from rg_tracer.eggroll.lowrank import Population, mix_seed, perturbed
 from rg_tracer.scorers import run_scorer
 

@@ -32,10 +32,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from rg_tracer.dapo.feedback_adapter import FeedbackMappingConfig
-from rg_tracer.dapo.hf_policy_adapter import HFPolicyAdapter
-from rg_tracer.dapo.evaluation import evaluate_splits
-from rg_tracer.dapo.logging import JsonlLogger
+from rg_tracer.scorers.mapping import FeedbackMappingConfig
+from rg_tracer.runtime.policy_adapter import HFPolicyAdapter
+from rg_tracer.runtime.evaluation import evaluate_splits
+from rg_tracer.runtime.log_writer import JsonlLogger
 from rg_tracer.data import Dataset, load_dataset, resolve_eval_path
 from rg_tracer.eggroll.config import EggrollConfig
 from rg_tracer.eggroll.lowrank import Layer, Population, check_rank, es_update, find_layers, mix_seed

@@ -14,5 +14,6 @@ or verifier signals; by default every key is a reward axis.
 
 from rg_tracer.scorers.arithmetic import ArithmeticScorer
 from rg_tracer.scorers.loading import check_scores, load_scorer, run_scorer
+from rg_tracer.scorers.mapping import FeedbackMappingConfig
 
-__all__ = ["ArithmeticScorer", "check_scores", "load_scorer", "run_scorer"]
+__all__ = ["ArithmeticScorer", "FeedbackMappingConfig", "check_scores", "load_scorer", "run_scorer"]

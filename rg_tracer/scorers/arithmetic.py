@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-from rg_tracer.dapo.feedback_adapter import FeedbackMappingConfig
+from rg_tracer.scorers.mapping import FeedbackMappingConfig
 
 __all__ = ["ArithmeticScorer", "final_integer", "statement_accuracy"]
 
@@ -60,7 +60,6 @@ def statement_accuracy(text: str) -> float:
 class ArithmeticScorer:
     """Scores completions against ``references[i]["answer"]`` (an integer as text)."""
 
-    axes = ("correctness", "reasoning_quality", "format_penalty", "answer_closeness", "answer_length")
     feedback_mapping = FeedbackMappingConfig(tag_keys=("answer_length",))
 
     def score(self, prompts, completions, references):

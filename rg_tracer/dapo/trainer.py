@@ -35,12 +35,12 @@ from gepa_dapo_grn.dapo_core import DAPOBatch
 from tqdm import tqdm
 
 from rg_tracer.config import TrainConfig
-from rg_tracer.dapo.checkpoint import load_extra_tensors, load_optimizer_state, save_checkpoint
-from rg_tracer.dapo.feedback_adapter import FeedbackMappingConfig
-from rg_tracer.dapo.hf_policy_adapter import HFPolicyAdapter
+from rg_tracer.runtime.checkpoint import load_extra_tensors, load_optimizer_state, save_checkpoint
+from rg_tracer.scorers.mapping import FeedbackMappingConfig
+from rg_tracer.runtime.policy_adapter import HFPolicyAdapter
 from rg_tracer.dapo.diagnostics import SlowGradient, weight_norms
-from rg_tracer.dapo.evaluation import evaluate_splits
-from rg_tracer.dapo.logging import JsonlLogger, drop_torn_tail
+from rg_tracer.runtime.evaluation import evaluate_splits
+from rg_tracer.runtime.log_writer import JsonlLogger, drop_torn_tail
 from rg_tracer.dapo.objective import (
     clip_fraction, group_advantages, loss_correction, mixed_rewards, zero_variance_groups,
 )

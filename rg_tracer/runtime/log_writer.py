@@ -3,8 +3,7 @@
 Each record is one line, written with a single ``write`` and flushed, so a reader
 never sees half a record except a last line still missing its newline (which the
 ingester leaves for later). The file is created on the first write: a run that fails
-before its first step leaves nothing behind. ``NullLogger`` keeps the training loop
-free of ``if logging:`` branches.
+before its first step leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from typing import Any
 
 from rg_tracer.schema import SCHEMA
 
-__all__ = ["JsonlLogger", "NullLogger", "json_safe", "drop_torn_tail"]
+__all__ = ["JsonlLogger", "json_safe", "drop_torn_tail"]
 
 
 def json_safe(value: Any) -> Any:
@@ -102,15 +101,3 @@ class JsonlLogger:
             self._file.close()
             self._file = None
 
-
-class NullLogger:
-    path = None
-
-    def stage(self, kind: str, **fields: Any) -> dict:
-        return self.write(kind, **fields)
-
-    def write(self, kind: str, **fields: Any) -> dict:
-        return {"schema": SCHEMA, "kind": kind, **fields}
-
-    def close(self) -> None:
-        pass

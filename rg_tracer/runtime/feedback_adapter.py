@@ -2,43 +2,21 @@
 
 A scorer returns one dict per completion; which keys are rewards (mixed into the
 training scalar), tags (logged, and visible to upstream's curriculum/safety EMAs) and
-verifier signals is decided here, once, by :class:`FeedbackMappingConfig`.
+verifier signals is decided by the scorer's
+:class:`~rg_tracer.scorers.mapping.FeedbackMappingConfig` and applied here, once.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from gepa_dapo_grn import GEPAFeedback
 
 from rg_tracer.errors import UserError
+from rg_tracer.scorers.mapping import FeedbackMappingConfig
 
-__all__ = ["FeedbackMappingConfig", "make_gepa_feedback"]
-
-
-@dataclass(frozen=True)
-class FeedbackMappingConfig:
-    """How scorer keys become a ``GEPAFeedback``.
-
-    ``reward_keys=None`` takes every scorer key not claimed as a tag, verifier or
-    abstain key; an explicit tuple makes missing keys an error. ``verifier_keys``
-    maps scorer key -> verifier name. ``task_id_field`` and ``prompt_id_field`` are
-    read from the sample's metadata (the dataset row), ``abstain_field`` from the
-    scores (truthy means the model abstained).
-    """
-
-    reward_keys: tuple[str, ...] | None = None
-    tag_keys: tuple[str, ...] = ()
-    task_id_field: str = "task"
-    prompt_id_field: str = "id"
-    abstain_field: str | None = None
-    verifier_keys: Mapping[str, str] = field(default_factory=dict)
-
-    def claimed(self) -> set[str]:
-        keys = set(self.tag_keys) | set(self.verifier_keys)
-        return keys | ({self.abstain_field} if self.abstain_field else set())
+__all__ = ["make_gepa_feedback"]
 
 
 def _number(scores: Mapping[str, Any], key: str, sample: str) -> float:

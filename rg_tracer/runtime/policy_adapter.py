@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from gepa_dapo_grn.policy_interfaces import Policy, PolicyOutput
 
-from rg_tracer.dapo.decode import cached_decode, supports_cached_decode
+from rg_tracer.runtime.decode import cached_decode, supports_cached_decode
 
 __all__ = ["HFPolicyAdapter", "Rollout"]
 
@@ -149,7 +149,7 @@ class HFPolicyAdapter(Policy):
                temperature: float = 1.0, greedy: bool = False) -> Rollout:
         """Generate ``group_size`` completions for each prompt (prompt-major, contiguous).
 
-        Through :func:`~rg_tracer.dapo.decode.cached_decode` where it supports the model and
+        Through :func:`~rg_tracer.runtime.decode.cached_decode` where it supports the model and
         ``lean_sampler`` is on, else ``model.generate``: the same tokens either way.
         """
         tok = self.tokenizer

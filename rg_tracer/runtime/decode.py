@@ -6,7 +6,7 @@ on every token. This loop does prefill (``logits_to_keep=1``), then one forward 
 ``softmax(logits / T)`` -> ``torch.multinomial`` (the same draws in the same order as
 ``generate(do_sample=True, top_k=0, top_p=1.0)``, so the tokens are identical for a given
 seed; ``argmax`` when greedy), pads after EOS and stops once every row has finished.
-Llama and Qwen2 models take each token through :class:`~rg_tracer.dapo.llama_step.LlamaStep`
+Llama and Qwen2 models take each token through :class:`~rg_tracer.runtime.llama_step.LlamaStep`
 (the same arithmetic without the modules' overhead); GPT-2 through the model's forward.
 Measured against ``generate`` on the benchmark models: ``benchmarks/RESULTS.md``. Other
 model families, sliding-window attention and transformers before 5 keep ``generate``.
@@ -19,7 +19,7 @@ import inspect
 import torch
 import transformers
 
-from rg_tracer.dapo.llama_step import LlamaStep, full_attention, supports_llama_step
+from rg_tracer.runtime.llama_step import LlamaStep, full_attention, supports_llama_step
 
 __all__ = ["supports_cached_decode", "cached_decode"]
 
