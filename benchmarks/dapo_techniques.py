@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from rg_tracer.config import TrainConfig
+from rg_tracer.dapo.config import TrainConfig
 from rg_tracer.dapo.trainer import DAPOHybridTrainer
 from rg_tracer.dapo.setup import prepare_run
 from rg_tracer.models import TinyModelSpec, init_model, quiet_transformers

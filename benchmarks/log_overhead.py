@@ -38,7 +38,7 @@ import _perf_common as pc  # noqa: E402
 def run_setting(setting: pc.Setting, model_dir: Path, pairs: int, warmup: int, seed: int) -> dict:
     import torch
 
-    from rg_tracer.config import TrainConfig
+    from rg_tracer.dapo.config import TrainConfig
     from rg_tracer.dapo.trainer import DAPOHybridTrainer
     from rg_tracer.runtime.log_writer import JsonlLogger
     from rg_tracer.dapo.setup import prepare_run

@@ -61,7 +61,7 @@ def worker_ours(a) -> dict:
     pc.set_threads()
     import torch
 
-    from rg_tracer.config import TrainConfig
+    from rg_tracer.dapo.config import TrainConfig
     from rg_tracer.dapo.trainer import DAPOHybridTrainer
     from rg_tracer.dapo.setup import prepare_run
     from rg_tracer.models import quiet_transformers

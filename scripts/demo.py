@@ -20,7 +20,7 @@ from pathlib import Path
 from statsmodels.stats.proportion import proportion_confint
 
 from analysis import analyze_runs
-from rg_tracer.config import TrainConfig
+from rg_tracer.dapo.config import TrainConfig
 from rg_tracer.models import TinyModelSpec, init_model, quiet_transformers
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -2,7 +2,7 @@
 
 import json
 
-from rg_tracer.config import TrainConfig
+from rg_tracer.dapo.config import TrainConfig
 from rg_tracer.dapo import train
 from rg_tracer.models import TinyModelSpec, init_model
 from tests.conftest import REPO

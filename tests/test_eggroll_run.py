@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 from click.testing import CliRunner
 
-from rg_tracer.eggroll.commands import eggroll_command, fitness
+from rg_tracer.cli.eggroll import eggroll_command, fitness
 from rg_tracer.eggroll.shaping import centered_rank
 from rg_tracer.schema import RL_KEYS, validate
 from tests.conftest import MIXER, REPO, TOY
@@ -43,8 +43,10 @@ def es_run(tmp_path_factory, tiny_model_dir):
 def test_search_logs_valid_records_like_an_rl_run(es_run):
     _, run_dir = es_run
     records = read_log(run_dir / "train.jsonl")
-    assert [r["kind"] for r in records] == ["run", "step", "step", "eval", "eval", "end"]
-    run, step = records[0], records[1]
+    kinds = [(r["kind"], r.get("step")) for r in records]
+    assert kinds == [("run", None), ("eval", 0), ("eval", 0), ("step", 1), ("step", 2), ("eval", 2), ("eval", 2),
+                     ("end", 2)]  # --eval-every 100: generation 0 and the last
+    run, step = records[0], records[3]
     assert run["config"]["method"] == "eggroll" and run["config"]["population"] == N
     assert run["reward_weights"]["correctness"] == 1.0 and run["model"]["perturbed_layers"] == 7
     assert set(RL_KEYS) <= set(step["rl"]) and step["phase"] == "es"
@@ -67,7 +69,7 @@ def test_member_fitness_is_the_mixed_reward_the_trainer_would_use(es_run):
     from rg_tracer.reward_mixer import load_reward_mixer
 
     _, run_dir = es_run
-    step = read_log(run_dir / "train.jsonl")[1]
+    step = next(r for r in read_log(run_dir / "train.jsonl") if r["kind"] == "step")
     mixed, _ = mix_reward_vectors([s["rewards"] for s in step["gepa"]], load_reward_mixer(MIXER))
     per_member = mixed.view(P, N).mean(0)  # logged prompt-major: (P, N)
     assert per_member.tolist() == pytest.approx(step["es"]["member_fitness"], abs=1e-6)
@@ -218,7 +220,7 @@ def test_export_normalises_axes_within_a_step_when_the_mixer_says_so(tmp_path):
 
 
 def test_rg_tracer_analyze_reports_the_search(es_run, tmp_path):
-    from analysis import commands
+    from rg_tracer.cli import analyze as commands
 
     result = CliRunner().invoke(commands.analyze_command, [str(es_run[0]), "--out", str(tmp_path / "report")])
     assert result.exit_code == 0, result.output
@@ -235,14 +237,14 @@ def test_cli_units_match_the_export_and_the_cli_module_stays_light():
     import subprocess
     import sys
 
-    from rg_tracer.eggroll.commands import UNITS
+    from rg_tracer.cli.eggroll import UNITS
     from rg_tracer.eggroll.export import BY
 
     assert UNITS == tuple(BY)
-    code = ("import sys, rg_tracer.eggroll.commands; "
-            "print(*(m in sys.modules for m in ('torch', 'polars', 'rg_tracer.cli')))")
+    code = ("import sys, rg_tracer.cli; "
+            "print(*(m in sys.modules for m in ('torch', 'polars', 'duckdb', 'rg_tracer.cli.eggroll')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO).stdout
-    assert out.split() == ["False", "False", "False"]
+    assert out.split() == ["False", "False", "False", "True"]
 
 
 def test_commands_register_on_the_rg_tracer_group():

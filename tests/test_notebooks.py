@@ -93,7 +93,7 @@ def existing_runs(tmp_path):
     and supervised-only training (``sft``, as ``make grokking`` writes: eval curves, no samples)."""
     import torch
 
-    from rg_tracer.config import TrainConfig
+    from rg_tracer.dapo.config import TrainConfig
     from rg_tracer.dapo.trainer import train
     from rg_tracer.eggroll.config import EggrollConfig
     from rg_tracer.eggroll.search import search

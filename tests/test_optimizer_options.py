@@ -132,6 +132,20 @@ def test_resume_refuses_other_optimizer_shape_and_accepts_the_same(tmp_path, tin
     assert resumed.step == 4 and resumed.optimizer.param_groups[0]["betas"] == (0.9, 0.98)
 
 
+
+def test_resume_names_every_changed_option_and_continues_only_when_told(tmp_path, tiny_model_dir):
+    model = tiny_model_dir("qwen2")
+    common = {"sft_steps": 4, "eval_every": 0}
+    train(config(tmp_path, model, max_steps=2, **common))
+    with pytest.raises(UserError, match=r"--seed 7 differs from the checkpoint's 42.*--batch-size 4 differs.*--resume-with-changes"):
+        prepare_run(config(tmp_path, model, max_steps=4, resume=True, seed=7, batch_size=4, **common))
+    # options that do not change the weights' trajectory may differ without the flag
+    prepare_run(config(tmp_path, model, max_steps=4, resume=True, eval_samples=3, threads=1, **common))
+    resumed = train(config(tmp_path, model, max_steps=4, resume=True, resume_with_changes=True, seed=7, **common))
+    assert resumed.step == 4
+    with pytest.raises(UserError, match="--resume-with-changes only applies with --resume"):
+        config(tmp_path, model, max_steps=4, resume_with_changes=True, **common)
+
 # -- the supervised loss without EOS ---------------------------------------------------------
 def _sft_loss(policy, rollout):
     logp, _ = policy.logprobs_with_entropy(rollout.actions, **rollout.inputs)
@@ -209,7 +223,7 @@ def test_init_model_seed_sets_the_initial_weights(tmp_path):
 
 # -- the grokking preset and its verdict ------------------------------------------------------
 def test_grokking_preset_parses_with_the_new_options():
-    from rg_tracer.config import TrainConfig
+    from rg_tracer.dapo.config import TrainConfig
     from tests.conftest import REPO
 
     cfg = TrainConfig.from_file(f"{REPO}/configs/grokking/mod31_sub.yaml")

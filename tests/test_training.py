@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rg_tracer.config import TrainConfig
+from rg_tracer.dapo.config import TrainConfig
 from rg_tracer.dapo.trainer import train
 from rg_tracer.errors import UserError
 from rg_tracer.schema import RL_KEYS, validate

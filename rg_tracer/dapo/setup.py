@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rg_tracer.config import TrainConfig, format_floats, parse_betas
+from rg_tracer.dapo.config import TrainConfig
 from rg_tracer.data import Dataset, load_dataset, resolve_eval_path
 from rg_tracer.runtime.checkpoint import latest_checkpoint, read_trainer_state
 from rg_tracer.errors import UserError
@@ -72,27 +72,6 @@ def _run_dir_state(config: TrainConfig, run_dir: Path, log_path: Path) -> Path |
     return None
 
 
-# Options that shape the optimizer state a checkpoint holds: the restored AdamW keeps the
-# checkpoint's betas and parameter groups, so a different value on --resume would be ignored
-# (betas) or could not load (groups). Checkpoints from before an option existed used its default.
-_OPTIMIZER_SHAPE = ("adam_betas", "weight_decay_exclude")
-
-
-def _check_resume_optimizer(config: TrainConfig, saved: dict) -> None:
-    defaults = TrainConfig.__dataclass_fields__
-    for name in _OPTIMIZER_SHAPE:
-        then = saved.get(name, defaults[name].default)
-        if name == "adam_betas":  # in the same canonical form TrainConfig gives it
-            then = format_floats(parse_betas(then))
-        now = getattr(config, name)
-        if then != now:
-            flag = "--" + name.replace("_", "-")
-            raise UserError(
-                f"--resume: {flag} {now!r} differs from the checkpoint's {then!r}; the optimizer state was "
-                f"built with it, so resume with {flag} {then!r} or start a new run (--overwrite)"
-            )
-
-
 def prepare_run(config: TrainConfig) -> PreparedRun:
     import torch
 
@@ -120,7 +99,7 @@ def prepare_run(config: TrainConfig) -> PreparedRun:
         reference, _ = load_model(config.model, trust_remote_code=config.trust_remote_code)
         reference.to(device)
     if resume_state:
-        _check_resume_optimizer(config, resume_state.get("config") or {})
+        config.check_resume(resume_state.get("config") or {}, allow_changes=config.resume_with_changes)
     if resume_state and resume_state["step"] >= config.max_steps:
         raise UserError(
             f"--resume: the checkpoint is at step {resume_state['step']} and --max-steps is "

@@ -34,7 +34,7 @@ from gepa_dapo_grn.curriculum import TaskStats
 from gepa_dapo_grn.dapo_core import DAPOBatch
 from tqdm import tqdm
 
-from rg_tracer.config import TrainConfig
+from rg_tracer.dapo.config import TrainConfig
 from rg_tracer.runtime.checkpoint import load_extra_tensors, load_optimizer_state, save_checkpoint
 from rg_tracer.scorers.mapping import FeedbackMappingConfig
 from rg_tracer.runtime.policy_adapter import HFPolicyAdapter
@@ -319,7 +319,7 @@ class DAPOHybridTrainer:
                 self.evaluate(0)  # the baseline every later eval is read against
             for step in range(start + 1, cfg.max_steps + 1):
                 record = self.train_step(step)
-                if cfg.eval_every and (step % cfg.eval_every == 0 or step in (cfg.sft_steps, cfg.max_steps)):
+                if cfg.evaluates_at(step, last=step == cfg.max_steps):
                     self.evaluate(step)
                 if cfg.save_every and step % cfg.save_every == 0 and step != cfg.max_steps:
                     self.save()

@@ -7,7 +7,7 @@
 * :mod:`.export`   — ``rg-tracer fitness export``.
 
 ``docs/eggroll.md`` is the user guide. Names are imported on first use, so that
-``rg_tracer.eggroll.commands`` (and ``rg-tracer --help``) does not load torch.
+``rg_tracer.cli.eggroll`` (and ``rg-tracer --help``) does not load torch.
 """
 
 from __future__ import annotations

@@ -111,7 +111,7 @@ def prepare(config: EggrollConfig) -> EggrollRun:
 class EggrollSearch:
     def __init__(self, run: EggrollRun) -> None:
         self.run, self.config = run, run.config
-        self.policy = HFPolicyAdapter(run.model, run.tokenizer)
+        self.policy = HFPolicyAdapter(run.model, run.tokenizer, lean_sampler=run.config.lean_sampler)
         self.logger = JsonlLogger(run.log_path)
         self.generation = 0
         self._stop_requested = False
@@ -184,6 +184,9 @@ class EggrollSearch:
         results = evaluate_splits(self.policy, self.run.scorer, self.run.train, self.run.eval,
                                   max_new_tokens=self.config.max_new_tokens, eval_samples=self.config.eval_samples,
                                   train_order_seed=mix_seed(self.config.seed, 0, 2))
+        if not self._mixer_checked:  # the baseline eval may be the first record: refuse before it
+            check_overlap(self.run.mixer, set(results[0][2]), f"--reward-mixer {self.config.reward_mixer}")
+            self._mixer_checked = True
         return [self.logger.write("eval", step=generation, split=split, n=n, metrics=metrics)
                 for split, n, metrics in results]
 
@@ -213,10 +216,11 @@ class EggrollSearch:
         previous = signal.signal(signal.SIGINT, self._request_stop)
         bar = tqdm(total=cfg.generations, desc="eggroll", disable=not cfg.progress, dynamic_ncols=True, file=sys.stderr)
         try:
+            if cfg.eval_every:
+                self.evaluate(0)  # the baseline every later eval is read against
             for generation in range(1, cfg.generations + 1):
                 record = self.step(generation)
-                last = generation == cfg.generations or self._stop_requested
-                if last or (cfg.eval_every and generation % cfg.eval_every == 0):
+                if cfg.evaluates_at(generation, last=generation == cfg.generations or self._stop_requested):
                     self.evaluate(generation)
                 bar.update(1)
                 bar.set_postfix_str(f"fitness={record['rl']['fitness/mean']:.3f} "

@@ -9,13 +9,13 @@ import pytest
 from click.testing import CliRunner
 from synth import known_run, step_record, write_log
 
-from analysis.commands import COMMANDS, analyze_command, ingest_command
+from rg_tracer.cli.analyze import analyze_command, ingest_command
 
 
 @pytest.fixture
 def cli() -> click.Group:
     group = click.Group("rg-tracer")
-    for command in COMMANDS:
+    for command in (ingest_command, analyze_command):
         group.add_command(command)
     return group
 
@@ -66,7 +66,7 @@ def test_user_mistakes_are_one_line_errors(runs_dir, tmp_path):
 
 
 def test_default_max_lag_matches_the_library():
-    from analysis.commands import DEFAULT_MAX_LAG
+    from rg_tracer.cli.analyze import DEFAULT_MAX_LAG
     from analysis.correlations import DEFAULT_MAX_LAG as LIBRARY
 
     assert DEFAULT_MAX_LAG == LIBRARY
@@ -83,7 +83,7 @@ def test_analysis_imports_without_torch():
     import subprocess
     import sys
 
-    code = ("import sys; sys.modules['torch'] = None; import analysis, analysis.report, analysis.commands; "
+    code = ("import sys; sys.modules['torch'] = None; import analysis, analysis.report, rg_tracer.cli; "
             "from analysis import open_runs, analyze_runs")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

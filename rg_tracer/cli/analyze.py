@@ -1,6 +1,6 @@
 """``rg-tracer ingest`` and ``rg-tracer analyze``: a thin click layer over the library.
 
-``rg_tracer/cli.py`` registers both with ``cli.add_command``. User mistakes
+``rg_tracer/cli/__init__.py`` registers both. User mistakes
 (no logs, a database in use) become one-line ``ClickException`` messages
 (exit 1); skipped log lines are reported but do not fail the command.
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-__all__ = ["ingest_command", "analyze_command", "ingest", "analyze", "COMMANDS"]
+__all__ = ["ingest_command", "analyze_command"]
 
 # The library is imported inside the commands: registering them must not slow
 # down every other rg-tracer command. Equal to correlations.DEFAULT_MAX_LAG (tested).
@@ -100,8 +100,3 @@ def analyze_command(runs_dir: Path, out_dir: Path, db_path: Path | None, max_lag
         raise click.ClickException(str(exc)) from exc
     click.echo(str(index))
 
-
-COMMANDS = (ingest_command, analyze_command)
-# the names rg_tracer/cli.py imports
-ingest = ingest_command
-analyze = analyze_command

@@ -7,11 +7,9 @@ Options map onto :class:`~rg_tracer.eggroll.config.EggrollConfig` fields and
 
 from __future__ import annotations
 
-import functools
-
 import click
 
-from rg_tracer.cli_options import options_from
+from rg_tracer.cli.common import SectionedCommand, config_from_cli, config_option, options_from, user_errors
 from rg_tracer.eggroll.config import EggrollConfig
 from rg_tracer.eggroll.shaping import SHAPINGS
 from rg_tracer.models import quiet_transformers
@@ -19,29 +17,12 @@ from rg_tracer.models import quiet_transformers
 __all__ = ["eggroll_command", "fitness", "export_command"]
 
 
-def user_errors(func):
-    """:func:`rg_tracer.cli.user_errors`, looked up when the command runs.
-
-    ``rg_tracer.cli`` imports this module to register its commands; importing it back at
-    module level would make ``import rg_tracer.eggroll.commands`` circular.
-    """
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        from rg_tracer.cli import user_errors as one_line_errors
-
-        return one_line_errors(func)(*args, **kwargs)
-
-    return wrapper
-
-
 #: Units of ``fitness export --by`` (``rg_tracer.eggroll.export.BY``; here so the CLI starts without polars).
 UNITS = ("step", "task", "prompt")
 
 
-@click.command("eggroll")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
-              help="YAML file of options (keys are option names with '_'); flags given here override it.")
+@click.command("eggroll", cls=SectionedCommand)
+@config_option
 @options_from(EggrollConfig)
 @click.pass_context
 @user_errors
@@ -63,8 +44,6 @@ def eggroll_command(ctx: click.Context, config_file: str | None, **options) -> N
             --population 32 --rank 1 --sigma 0.05 --lr 10 --generations 200 --max-new-tokens 2
         rg-tracer eggroll --config configs/eggroll/demo.yaml --model runs/tiny
     """
-    from rg_tracer.cli_options import config_from_cli
-
     config = config_from_cli(EggrollConfig, ctx, config_file, options)
     quiet_transformers()
     from rg_tracer.eggroll.search import search

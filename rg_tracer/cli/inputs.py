@@ -1,69 +1,19 @@
-"""The ``rg-tracer`` command: a thin click layer over the library.
-
-User mistakes raise :class:`rg_tracer.errors.UserError`; here they become one-line
-``click.ClickException`` messages (exit 1). Usage errors exit 2.
-"""
+"""``rg-tracer init-model`` and ``rg-tracer data``: the inputs of a run, built locally."""
 
 from __future__ import annotations
 
-import functools
-import sys
 from pathlib import Path
 
 import click
 
-from rg_tracer.config import TrainConfig
-from rg_tracer.cli_options import config_from_cli, options_from
+from rg_tracer.cli.common import user_errors
 from rg_tracer.errors import UserError
 from rg_tracer.models import quiet_transformers
 
-__all__ = ["main", "cli", "train_command"]
+__all__ = ["init_model_command", "data_command"]
 
 
-def user_errors(func):
-    """Turn :class:`UserError` into a one-line click error instead of a traceback."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except UserError as exc:
-            raise click.ClickException(str(exc)) from None
-
-    return wrapper
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(package_name="rg-tracer")
-def cli() -> None:
-    """Train small causal LMs with DAPO on GEPA reward vectors, and analyse how each axis moves."""
-
-
-@click.command("train")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
-              help="YAML file of options (keys are option names with '_'); flags given here override it.")
-@options_from(TrainConfig)
-@click.pass_context
-@user_errors
-def train_command(ctx: click.Context, config_file: str | None, **options) -> None:
-    """Train a causal LM with DAPO on scorer reward vectors; log to OUTPUT_DIR/train.jsonl.
-
-    \b
-    Example:
-        rg-tracer init-model runs/tiny --arch qwen2
-        rg-tracer train --model runs/tiny --dataset datasets/toy_math/addition_small.jsonl \\
-            --output-dir runs/dapo_hybrid --batch-size 8 --group-size 8 --learning-rate 1e-3 \\
-            --max-steps 200 --eval-every 50
-    """
-    config = config_from_cli(TrainConfig, ctx, config_file, options)
-    quiet_transformers()
-    from rg_tracer.dapo.trainer import train
-
-    trainer = train(config)
-    click.echo(f"log: {trainer.run.log_path} (step {trainer.step})")
-
-
-@cli.command("init-model")
+@click.command("init-model")
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--arch", type=click.Choice(["gpt2", "llama", "qwen2"]), default="qwen2", show_default=True,
               help="Model family.")
@@ -93,10 +43,7 @@ def init_model_command(out_dir: Path, arch, layers, hidden, heads, max_positions
     click.echo(f"{arch} model with {n:,} parameters written to {out_dir}; train it with --model {out_dir}")
 
 
-cli.add_command(train_command)
-
-
-@cli.command("data")
+@click.command("data")
 @click.argument("task", type=click.Choice(["modular", "addition", "parity"]))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Directory for train.jsonl, test.jsonl and dataset.json.")
@@ -130,22 +77,3 @@ def data_command(task, out_dir, seed, train_frac, p, op, digits, count, n, k) ->
     info = write_split(make_split(task, train_frac=train_frac, seed=seed, **params), out_dir)
     click.echo(f"{task}: {info['train']} train / {info['test']} test items in {out_dir} "
                "(disjoint by prompt hash, answers verified)")
-
-
-def _register_commands() -> None:
-    from analysis.commands import analyze, ingest
-    from rg_tracer.eggroll.commands import eggroll_command, fitness
-
-    for command in (ingest, analyze, eggroll_command, fitness):
-        cli.add_command(command)
-
-
-_register_commands()
-
-
-def main() -> None:
-    cli(prog_name="rg-tracer")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,99 @@
+"""What every command shares: one-line user errors, and click options built from a config class.
+
+``options_from(TrainConfig)`` gives one ``--flag`` per field with the field's help text, so
+help is written once (in the config); :class:`SectionedCommand` prints them under one
+heading per concern, the field's ``section``, in the order of the class's ``SECTIONS``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import typing
+
+import click
+
+from rg_tracer.errors import UserError
+from rg_tracer.options import INPUTS, config_from_file
+
+__all__ = ["user_errors", "options_from", "config_option", "config_from_cli", "SectionedCommand"]
+
+_TYPES = {int: int, float: float, str: str}
+
+
+def user_errors(func):
+    """Turn :class:`UserError` into a one-line click error (exit 1) instead of a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except UserError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+class _FieldOption(click.Option):
+    """A click option that knows the ``--help`` section it belongs to."""
+
+    def __init__(self, *args, section: str = INPUTS, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.section = section
+
+
+class SectionedCommand(click.Command):
+    """``--help`` lists the options under one heading per section, in the order they were declared."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        sections: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            row = param.get_help_record(ctx)
+            if row:
+                sections.setdefault(getattr(param, "section", "Other"), []).append(row)
+        for title, rows in sections.items():
+            with formatter.section(title):
+                formatter.write_dl(rows)
+
+
+def _base_type(hint):
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
+def options_from(config_cls):
+    """Decorate a click command with one ``--option`` per field of ``config_cls``, by section."""
+    hints = typing.get_type_hints(config_cls)
+    order = {name: i for i, name in enumerate(config_cls.SECTIONS)}
+    fields = sorted(dataclasses.fields(config_cls), key=lambda f: order[f.metadata["section"]])  # stable
+
+    def decorate(command):
+        for f in reversed(fields):
+            flag = "--" + f.name.replace("_", "-")
+            common = dict(cls=_FieldOption, section=f.metadata["section"], help=f.metadata["help"])
+            base = _base_type(hints[f.name])
+            if base is bool:
+                decl = f"{flag}/--no-{flag[2:]}" if f.default else flag
+                command = click.option(decl, f.name, is_flag=True, default=f.default, **common)(command)
+            else:
+                command = click.option(flag, f.name, type=_TYPES[base], default=f.default,
+                                       show_default=f.default is not None, **common)(command)
+        return command
+
+    return decorate
+
+
+def config_option(command):
+    """``--config FILE``: options from a YAML file, under the flags given on the command line."""
+    return click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+                        cls=_FieldOption, section=INPUTS,
+                        help="YAML file of options (keys are option names with '_'); flags given here override it.")(command)
+
+
+def config_from_cli(cls, ctx: click.Context, config_file: str | None, options: dict):
+    """The command's config: ``--config`` file values, overridden by flags given explicitly."""
+    if not config_file:
+        return cls(**options)
+    given = {k: v for k, v in options.items()
+             if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
+    return config_from_file(cls, config_file, **given)
