@@ -65,10 +65,7 @@ def _notes(result: IngestResult, runs: Runs) -> list[str]:
     """Warnings for the index page: rewritten logs, skipped lines (from the database)."""
     notes = [f"{f.path}: the log was rewritten, so it was read again from the start"
              for f in result.files if f.restarted]
-    bad = runs.sql("""SELECT r.log_path, r.lines, r.bad_lines, e.line, e.field, e.message
-                      FROM runs r JOIN (SELECT *, row_number() OVER (PARTITION BY run_id ORDER BY line) AS k
-                                        FROM ingest_errors) e ON e.run_id = r.run_id AND e.k = 1
-                      WHERE r.bad_lines > 0 ORDER BY r.run_id""")
+    bad = runs.bad_line_runs()
     for r in bad.iter_rows(named=True):
         if r["bad_lines"] >= r["lines"]:
             notes.append(f"{r['log_path']}: not an rg-tracer JSONL log ({r['bad_lines']} unreadable lines); skipped")
@@ -104,21 +101,18 @@ def analyze_runs(
         fitness = runs.fitness()
         task_fitness = runs.fitness(by_task=True)
         metrics = runs.metrics()
-        first = {r["run_id"]: r for r in runs.sql(  # each run's first run record
-            "SELECT run_id, arg_min(config, segment) AS config, arg_min(reward_weights, segment) AS reward_weights "
-            "FROM segments GROUP BY run_id").iter_rows(named=True)}
+        first = {r["run_id"]: r for r in runs.first_run_records().iter_rows(named=True)}
         correlations, xcorr = correlate(fitness, _rl_steps(metrics, first), max_lag=max_lag)
         transitions, transition_notes = changes_tables(fitness)
         for name, frame in (("fitness", fitness), ("task_fitness", task_fitness), ("correlations", correlations),
                             ("lead_lag", xcorr), ("transitions", transitions)):
             runs.write_table(name, frame)
-        truncation = runs.sql("SELECT run_id, step, avg(truncated::DOUBLE) AS truncated FROM samples "
-                              "GROUP BY run_id, step ORDER BY run_id, step")
+        truncation = runs.truncation()
         tables = {"fitness": fitness, "task_fitness": task_fitness, "metrics": metrics, "evals": runs.evals(),
                   "correlations": correlations, "xcorr": xcorr, "transitions": transitions,
                   "transition_notes": transition_notes, "truncation": truncation}
         parts = {name: _split(frame) for name, frame in tables.items()}
-        errors = _split(runs.sql("SELECT run_id, line, field, message FROM ingest_errors ORDER BY run_id, line"))
+        errors = _split(runs.ingest_errors())
         reports = []
         for run in runs.runs().iter_rows(named=True):
             run_id = run["run_id"]

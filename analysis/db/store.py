@@ -113,6 +113,37 @@ class Runs:
             [run_id, kind, axis, list(map(int, steps))],
         )
 
+    def first_run_records(self) -> pl.DataFrame:
+        """Each run's first run record: run_id, config, reward_weights (JSON strings)."""
+        return self.sql(
+            "SELECT run_id, arg_min(config, segment) AS config, arg_min(reward_weights, segment) AS reward_weights "
+            "FROM segments GROUP BY run_id")
+
+    def sampled_run_records(self) -> pl.DataFrame:
+        """Runs that logged samples: run_id, config, reward_weights of their last run record (no set order)."""
+        return self.sql(
+            """SELECT r.run_id, s.config, s.reward_weights FROM runs r LEFT JOIN (
+               SELECT * FROM segments
+               QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY segment DESC) = 1) s USING (run_id)
+           WHERE coalesce(r.n_samples, 0) > 0"""
+        )
+
+    def truncation(self) -> pl.DataFrame:
+        """Share of truncated samples per run and step: run_id, step, truncated."""
+        return self.sql("SELECT run_id, step, avg(truncated::DOUBLE) AS truncated FROM samples "
+                        "GROUP BY run_id, step ORDER BY run_id, step")
+
+    def ingest_errors(self) -> pl.DataFrame:
+        """Every skipped log line: run_id, line, field, message, by run and line."""
+        return self.sql("SELECT run_id, line, field, message FROM ingest_errors ORDER BY run_id, line")
+
+    def bad_line_runs(self) -> pl.DataFrame:
+        """Runs with skipped lines: log_path, lines, bad_lines and their first error's line, field, message."""
+        return self.sql("""SELECT r.log_path, r.lines, r.bad_lines, e.line, e.field, e.message
+                      FROM runs r JOIN (SELECT *, row_number() OVER (PARTITION BY run_id ORDER BY line) AS k
+                                        FROM ingest_errors) e ON e.run_id = r.run_id AND e.k = 1
+                      WHERE r.bad_lines > 0 ORDER BY r.run_id""")
+
     def write_table(self, name: str, frame: pl.DataFrame) -> None:
         """Replace derived table ``name`` (one of ``fitness``, ``correlations``, ...)."""
         if name not in DERIVED_TABLES:

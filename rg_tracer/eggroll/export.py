@@ -45,12 +45,8 @@ def _run_info(runs, mixer_path: str | None) -> RunInfo:
     from rg_tracer.reward_mixer import load_reward_mixer
 
     fixed = load_reward_mixer(mixer_path) if mixer_path else None
-    rows = runs.sql(  # runs without samples (datasets, supervised-only logs) have no fitness: skipped
-        """SELECT r.run_id, s.config, s.reward_weights FROM runs r LEFT JOIN (
-               SELECT * FROM segments
-               QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY segment DESC) = 1) s USING (run_id)
-           WHERE coalesce(r.n_samples, 0) > 0"""
-    ).iter_rows(named=True)
+    # runs without samples (datasets, supervised-only logs) have no fitness: skipped
+    rows = runs.sampled_run_records().iter_rows(named=True)
     info: RunInfo = {}
     for row in rows:
         config = json.loads(row["config"] or "{}")
