@@ -2,7 +2,7 @@
 
 Three layers (see docs/analysis.md):
 
-* ingest  — :func:`ingest` loads run logs (JSONL, ``rg-tracer/1``) into DuckDB;
+* ingest  — :func:`ingest` loads run logs (JSONL, ``rg-tracer/2``) into DuckDB;
   :func:`open_runs` reads them back as polars DataFrames.
 * compute — pure functions over DataFrames: :mod:`analysis.fitness`,
   :mod:`analysis.correlations`, :mod:`analysis.transitions`.

@@ -1,6 +1,6 @@
 """Ingest throughput against DuckDB's own ``read_ndjson``, and peak memory.
 
-Generates a synthetic ``rg-tracer/1`` log (default 62,500 steps x 16 samples =
+Generates a synthetic ``rg-tracer/2`` log (default 62,500 steps x 16 samples =
 1,000,000 sample rows, ~0.5 GB) in a temp dir, then, each side in its own
 subprocess so timings and peak RSS do not mix:
 

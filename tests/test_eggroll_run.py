@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from rg_tracer.cli.eggroll import eggroll_command, fitness
 from rg_tracer.eggroll.shaping import centered_rank
-from rg_tracer.schema import RL_KEYS, validate
+from rg_tracer.schema import ES_KEYS, RL_KEYS, validate
 from tests.conftest import MIXER, REPO, TOY
 
 N, P = 4, 2  # population, prompts per generation
@@ -49,7 +49,8 @@ def test_search_logs_valid_records_like_an_rl_run(es_run):
     run, step = records[0], records[3]
     assert run["config"]["method"] == "eggroll" and run["config"]["population"] == N
     assert run["reward_weights"]["correctness"] == 1.0 and run["model"]["perturbed_layers"] == 7
-    assert set(RL_KEYS) <= set(step["rl"]) and step["phase"] == "es"
+    assert step["phase"] == "es" and set(ES_KEYS) <= set(step["es"])
+    assert not (set(RL_KEYS) - {"lr"}) & set(step["rl"])  # no pseudo-RL loss, KL or gradient norm
     assert len(step["gepa"]) == len(step["generation"]) == N * P
     ids = [g["completion_id"] for g in step["generation"]]
     prompt = step["generation"][0]["prompt_id"]
@@ -57,7 +58,8 @@ def test_search_logs_valid_records_like_an_rl_run(es_run):
     assert [s["meta"]["member"] for s in step["gepa"][:N]] == list(range(N))
     assert [s["meta"]["sign"] for s in step["gepa"][:N]] == [1, -1, 1, -1]
     fit = step["es"]["member_fitness"]
-    assert len(fit) == N and step["rl"]["fitness/mean"] == pytest.approx(sum(fit) / N)
+    assert len(fit) == N and step["es"]["fitness_mean"] == pytest.approx(sum(fit) / N)
+    assert step["es"]["fitness_max"] == max(fit) and fit[step["es"]["best_member"]] == max(fit)
     assert step["es"]["member_shaped"] == centered_rank(fit).tolist() and step["es"]["shaping"] == "centered_rank"
     assert {"correctness", "format_penalty"} <= set(step["gepa"][0]["rewards"])
     assert (run_dir / "model" / "config.json").is_file()
@@ -97,11 +99,11 @@ def test_export_matches_the_logged_member_fitness(es_run, tmp_path):
 
 def _write_rl_log(path):
     """Two RL steps, two samples each, axes a and b (hand-checked below)."""
-    lines = [{"schema": "rg-tracer/1", "kind": "run", "config": {}, "versions": {}, "model": {}, "dataset": {},
+    lines = [{"schema": "rg-tracer/2", "kind": "run", "config": {}, "versions": {}, "model": {}, "dataset": {},
               "seed": 0, "resumed_from_step": None, "reward_weights": {"a": 1.0, "b": -0.5}}]
     for step, samples in ((1, [(1.0, 0.0, "t1"), (0.0, 2.0, "t2")]), (2, [(1.0, 1.0, "t1"), (1.0, 0.0, "t1")])):
         lines.append({
-            "schema": "rg-tracer/1", "kind": "step", "step": step, "rl": dict.fromkeys(RL_KEYS, 0.0),
+            "schema": "rg-tracer/2", "kind": "step", "step": step, "rl": dict.fromkeys(RL_KEYS, 0.0),
             "gepa": [{"rewards": {"a": a, "b": b}, "tags": {}, "verifier": {}, "meta": {"task_id": task,
                       "prompt_id": f"p{i}"}, "abstained": False} for i, (a, b, task) in enumerate(samples)],
             "generation": [{"prompt_id": f"p{i}", "completion_id": f"p{i}#{i}", "prompt_tokens": 1,

@@ -12,14 +12,9 @@ import torch
 from click.testing import CliRunner
 
 from rg_tracer.cli import cli
-from rg_tracer.dapo.trainer import (
-    DAPOHybridTrainer,
-    _adamw,
-    parameter_groups,
-    train,
-)
+from rg_tracer.dapo.trainer import DAPOHybridTrainer, train
 from rg_tracer.runtime.policy_adapter import HFPolicyAdapter
-from rg_tracer.dapo.optim import ClippingOptimizer
+from rg_tracer.dapo.optim import ClippingOptimizer, adamw, parameter_groups
 from rg_tracer.dapo.setup import prepare_run
 from rg_tracer.errors import UserError
 from rg_tracer.models import TinyModelSpec, init_model, load_model
@@ -72,7 +67,7 @@ def test_cli_bad_betas_is_one_line_error_and_help_lists_options(tmp_path, tiny_m
 def test_adamw_groups_hold_betas_and_no_decay_parameters(tiny_model_dir, arch):
     model, _ = load_model(str(tiny_model_dir(arch)))
     names = {id(p): n for n, p in model.named_parameters()}
-    opt = _adamw(model, 1e-3, 0.5, (0.9, 0.98), ("biases", "norms", "embeddings"))
+    opt = adamw(model, 1e-3, 0.5, (0.9, 0.98), ("biases", "norms", "embeddings"))
     decay, no_decay = opt.param_groups
     assert decay["betas"] == no_decay["betas"] == (0.9, 0.98)
     assert decay["weight_decay"] == 0.5 and no_decay["weight_decay"] == 0.0
@@ -87,14 +82,14 @@ def test_adamw_groups_hold_betas_and_no_decay_parameters(tiny_model_dir, arch):
     only_norms = {names[id(p)] for p in parameter_groups(model, 0.5, ("norms",))[1]["params"]}
     assert only_norms and names[id(embedding)] not in only_norms and all(not n.endswith(".bias") or "ln" in n
                                                                          for n in only_norms)
-    single = _adamw(model, 1e-3, 0.5)  # default: one group, everything decayed, torch's betas
+    single = adamw(model, 1e-3, 0.5)  # default: one group, everything decayed, torch's betas
     assert len(single.param_groups) == 1 and single.param_groups[0]["betas"] == (0.9, 0.999)
 
 
 def test_no_decay_group_is_not_shrunk_by_weight_decay(tiny_model_dir):
     """With zero gradients AdamW only applies decay: the excluded tensors must not move."""
     model, _ = load_model(str(tiny_model_dir("qwen2")))
-    opt = _adamw(model, 0.1, 1.0, (0.9, 0.98), ("norms", "embeddings"))
+    opt = adamw(model, 0.1, 1.0, (0.9, 0.98), ("norms", "embeddings"))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     for p in model.parameters():
         p.grad = torch.zeros_like(p)

@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from analysis.db._shape import AXIS_FIELDS, StepShape, step_shape, struct_ok
 from analysis.logfiles import Chunk
+from rg_tracer.schema import SCHEMA
 
 __all__ = [
     "Classified",
@@ -67,6 +68,7 @@ class Classified:
     fast_lns: list[int] = field(default_factory=list)
     python_lns: list[int] = field(default_factory=list)
     rl_keys: list[str] = field(default_factory=list)
+    es_keys: list[str] = field(default_factory=list)
     axis_keys: dict[str, list[str]] = field(default_factory=lambda: {f: [] for f in AXIS_FIELDS})
 
 
@@ -91,6 +93,7 @@ def classify(con: duckdb.DuckDBPyConnection, view: str) -> Classified:
     suspect = set(_suspect_lines(con, view, shapes))
     for shape, lns in shapes:
         _union(out.rl_keys, shape.rl_keys)
+        _union(out.es_keys, shape.es_keys)
         for name in AXIS_FIELDS:
             _union(out.axis_keys[name], shape.axis_keys[name])
         for ln in lns:
@@ -178,10 +181,12 @@ def stage_steps(con: duckdb.DuckDBPyConnection, cls: Classified) -> tuple[np.nda
     """
     p = _Params(None)
     rl_type, terms = _values("r.rl", cls.rl_keys, p)
-    p.values[0] = json.dumps(
-        {"schema": "VARCHAR", "kind": "VARCHAR", "step": "BIGINT", "time": "DOUBLE", "rl": rl_type,
-         "curriculum": "JSON", "safety": "JSON", "timing": "JSON"}
-    )
+    shape = {"schema": "VARCHAR", "kind": "VARCHAR", "step": "BIGINT", "time": "DOUBLE", "rl": rl_type,
+             "curriculum": "JSON", "safety": "JSON", "timing": "JSON"}
+    if cls.es_keys:  # an ES step's statistics join its metrics as es/<name> (null in RL steps)
+        shape["es"], es_terms = _values("r.es", cls.es_keys, p)
+        terms += es_terms
+    p.values[0] = json.dumps(shape)
     values = "[" + ", ".join(terms) + "]::DOUBLE[]"
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE _st AS
@@ -193,8 +198,8 @@ def stage_steps(con: duckdb.DuckDBPyConnection, cls: Classified) -> tuple[np.nda
     )
     con.execute(
         """SELECT CASE WHEN count(*) > 0 THEN error('not a step record') END FROM _st
-           WHERE step IS NULL OR step < 0 OR NOT ((schema = 'rg-tracer/1' AND kind = 'step')
-                                                  OR (schema IS NULL AND kind IS NULL))"""
+           WHERE step IS NULL OR step < 0 OR NOT ((schema = $1 AND kind = 'step')
+                                                  OR (schema IS NULL AND kind IS NULL))""", [SCHEMA]
     ).fetchall()
     rows = con.execute("SELECT ln, step FROM _st ORDER BY ln").fetchnumpy()
     return np.asarray(rows["ln"], dtype=np.int64), np.asarray(rows["step"], dtype=np.int64)
@@ -202,7 +207,7 @@ def stage_steps(con: duckdb.DuckDBPyConnection, cls: Classified) -> tuple[np.nda
 
 def insert_step_rows(con: duckdb.DuckDBPyConnection, run_id: str, cls: Classified) -> None:
     """Fill ``_steps`` and ``_samples`` from the ``_fast`` lines listed in ``_kept``."""
-    rl_set = key_set(con, [("rl", k) for k in cls.rl_keys])
+    rl_set = key_set(con, [("rl", k) for k in cls.rl_keys] + [("rl", "es/" + k) for k in cls.es_keys])
     con.execute(
         """INSERT INTO _steps SELECT $1, k.segment, s.step, s.ln, s.time, s.curriculum, s.safety, s.timing,
                                     $2, s.rl_values

@@ -190,7 +190,7 @@ def _write(con, state: FileState, chunk: Chunk, plan: _Plan) -> FileState:
     else:
         step_lns = steps = np.zeros(0, dtype=np.int64)
     py = plan.py
-    runs = [(ln, r.get("resumed_from_step")) for ln, r in py.runs]
+    runs = [(ln, r) for ln, r in py.runs]
     evals = [(ln, r["step"], r["split"]) for ln, r in py.evals]
     sup = supersede(step_lns, steps, runs, evals, state.segment)
     args = [state.run_id]

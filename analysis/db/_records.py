@@ -1,9 +1,10 @@
 """Records that take the Python path, and which rows a chunk supersedes.
 
-Pure Python (no DuckDB), so the resume rules are unit-tested directly:
+Pure Python (no DuckDB). :func:`supersede` is :func:`rg_tracer.schema.supersede`'s rule
+(the one rule; tests check the two agree), vectorised over a chunk's line numbers:
 
-* a ``run`` record with ``resumed_from_step = k`` (``null`` counts as 0: a
-  fresh start in the same log) supersedes every step/eval row with
+* a ``run`` record restarting at ``k = rg_tracer.schema.resume_point(run)`` (``null``
+  counts as 0: a fresh start in the same log) supersedes every step/eval row with
   ``step > k`` written before it;
 * otherwise a step (or an eval for the same split) logged twice keeps the
   later line: latest wins.
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from analysis.logfiles import BadLine, Chunk, check_line, split_error
+from rg_tracer.schema import resume_point
 
 __all__ = ["PythonLines", "read_python_lines", "Supersede", "supersede", "dumps"]
 
@@ -101,13 +103,13 @@ def supersede(
 ) -> Supersede:
     """Which step lines and eval records of a chunk survive, and their segments.
 
-    ``runs`` are ``(line, resumed_from_step)``; ``evals`` ``(line, step, split)``.
+    ``runs`` are ``(line, run record)``; ``evals`` ``(line, step, split)``.
     """
     step_lns = np.asarray(step_lns, dtype=np.int64)
     steps = np.asarray(steps, dtype=np.int64)
-    runs = sorted(runs)
+    runs = sorted(runs, key=lambda r: r[0])
     run_lns = np.asarray([ln for ln, _ in runs], dtype=np.int64)
-    run_ks = np.asarray([k or 0 for _, k in runs], dtype=np.int64)
+    run_ks = np.asarray([resume_point(r) for _, r in runs], dtype=np.int64)
     alive = _alive(step_lns, steps, run_lns, run_ks)
     keep_steps = np.zeros(len(step_lns), dtype=bool)
     if len(step_lns):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from rg_tracer.schema import GENERATION_KEYS, RL_KEYS, SAMPLE_KEYS
+from rg_tracer.schema import ES_KEYS, GENERATION_KEYS, RL_KEYS, SAMPLE_KEYS
 
 __all__ = ["AXIS_FIELDS", "StepShape", "step_shape", "struct_ok"]
 
@@ -33,6 +33,7 @@ class StepShape:
 
     upstream: bool
     rl_keys: list[str]
+    es_keys: list[str] = field(default_factory=list)  # an ES step's numeric ``es`` fields
     axis_keys: dict[str, list[str]] = field(default_factory=dict)  # field -> keys
     ambiguous: set[str] = field(default_factory=set)  # fields shaped "JSON"
 
@@ -98,15 +99,21 @@ def step_shape(structure: str) -> StepShape | None:
         return None
     if st.get("step") != "UBIGINT" or "gepa" not in st or "generation" not in st:
         return None
-    rl = st.get("rl")
-    if not isinstance(rl, dict) or any(key not in rl for key in RL_KEYS):
+    rl, es = st.get("rl"), st.get("es")
+    if not isinstance(rl, dict) or any(t not in _NUMBER and t != "NULL" for t in rl.values()):
         return None
-    if any(t not in _NUMBER and t != "NULL" for t in rl.values()):
-        return None
+    if es is None:  # an RL or SFT step ("phase" may mix in one group: checked in SQL)
+        if any(key not in rl for key in RL_KEYS):
+            return None
+        es_keys = []
+    else:  # an ES step
+        if not isinstance(es, dict) or any(not isinstance(es.get(key), str) or es[key] not in _NUMBER for key in ES_KEYS):
+            return None
+        es_keys = [key for key, t in es.items() if isinstance(t, str) and t in _NUMBER]
     sample, gen = _element(st["gepa"]), _element(st["generation"])
     if (sample == "NULL") != (gen == "NULL"):
         return None
-    out = StepShape(upstream=upstream, rl_keys=list(rl))
+    out = StepShape(upstream=upstream, rl_keys=list(rl), es_keys=es_keys)
     if not _sample_shape(sample, upstream, out) or not _generation_shape(gen):
         return None
     for name in AXIS_FIELDS:

@@ -33,7 +33,7 @@ def eggroll_command(ctx: click.Context, config_file: str | None, **options) -> N
     Linear/Conv1D weight, scale --sigma) answer --prompts prompts in batched forwards;
     each member's fitness is its mean mixed reward (--reward-mixer), shaped by
     --shaping, and the weights move by --lr times the fitness-weighted mean
-    perturbation. Logs OUTPUT_DIR/train.jsonl in the rg-tracer/1 schema, so
+    perturbation. Logs OUTPUT_DIR/train.jsonl in the rg-tracer/2 schema, so
     `rg-tracer analyze` reports the run like an RL run.
 
     \b

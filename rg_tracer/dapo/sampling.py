@@ -19,14 +19,11 @@ import torch
 
 from rg_tracer.runtime.feedback_adapter import make_gepa_feedback
 from rg_tracer.runtime.policy_adapter import Rollout
+from rg_tracer.runtime.run import SALT_RESAMPLE, SALT_SAMPLING, PromptOrder, mix_seed
 from rg_tracer.dapo.objective import mixed_rewards, zero_variance_groups
 from rg_tracer.scorers import run_scorer
 
-__all__ = ["ScoredBatch", "GroupSampler", "overlong_penalty", "seed_for"]
-
-
-def seed_for(seed: int, step: int, salt: int = 0) -> int:
-    return (seed * 1_000_003 + step * 7919 + salt * 104_729) % (2**63 - 1)
+__all__ = ["ScoredBatch", "GroupSampler", "overlong_penalty"]
 
 
 def overlong_penalty(length: int, max_len: int, buffer: int) -> float:
@@ -45,36 +42,28 @@ class ScoredBatch:
 
 
 class GroupSampler:
-    def __init__(self, policy, run, mapping) -> None:
-        self.policy, self.run, self.mapping, self.config = policy, run, mapping, run.config
-        self._orders: dict[int, list[int]] = {}
+    def __init__(self, policy, run) -> None:
+        self.policy, self.run, self.config = policy, run, run.config
+        self.order = PromptOrder(run.train.examples, run.config.seed)
 
     def prompts(self, step: int, round_: int) -> list:
-        """Round 0: consecutive slices of a per-epoch seeded permutation; later rounds: a seeded draw."""
+        """Round 0: the step's slice of the prompt order; later rounds: a seeded draw."""
         examples, size, seed = self.run.train.examples, self.config.batch_size, self.config.seed
         if round_:
-            rng = random.Random(seed_for(seed, step, salt=10 + round_))
+            rng = random.Random(mix_seed(seed, step, SALT_RESAMPLE, round_))
             return [examples[rng.randrange(len(examples))] for _ in range(size)]
-        picked = []
-        for k in range((step - 1) * size, step * size):
-            epoch, offset = divmod(k, len(examples))
-            if epoch not in self._orders:
-                order = list(range(len(examples)))
-                random.Random(seed_for(seed, epoch, salt=1)).shuffle(order)
-                self._orders = {epoch: order}
-            picked.append(examples[self._orders[epoch][offset]])
-        return picked
+        return self.order.take(step, size)
 
     def _score(self, step: int, round_: int) -> ScoredBatch:
         cfg, g = self.config, self.config.group_size
         prompts = self.prompts(step, round_)
-        torch.manual_seed(seed_for(cfg.seed, step, salt=round_))
+        torch.manual_seed(mix_seed(cfg.seed, step, SALT_SAMPLING, round_))
         rollout = self.policy.sample([e.prompt for e in prompts], g, cfg.max_new_tokens, cfg.temperature)
         rows = [e for e in prompts for _ in range(g)]
         scores = run_scorer(self.run.scorer, [e.prompt for e in rows], rollout.completions, [e.row for e in rows])
         feedbacks = []
         for i, (s, e, n) in enumerate(zip(scores, rows, rollout.completion_tokens)):
-            fb = make_gepa_feedback(s, self.mapping, meta=e.row, sample=f"step {step}, sample {i} (prompt {e.id})")
+            fb = make_gepa_feedback(s, self.run.mapping, meta=e.row, sample=f"step {step}, sample {i} (prompt {e.id})")
             if cfg.overlong_buffer:
                 fb.rewards["overlong_penalty"] = overlong_penalty(n, cfg.max_new_tokens, cfg.overlong_buffer)
             feedbacks.append(fb)

@@ -8,118 +8,63 @@ How it departs from a textbook DAPO/GRPO loop, because of the upstream ``DAPOTra
    With ``--updates-per-batch 1`` the ratio is 1 and the update is REINFORCE with a group
    baseline. Clip-higher and overlong filtering ride in ``extra_loss`` (``objective.py``).
 2. Axes with reward-mixer weight 0 are logged, not trained on.
-3. Upstream's ``SafetyController`` resets the KL weight every step, which makes its
-   adaptive KL a no-op; :class:`_StableSafety` keeps the weight so ``--kl-target`` works.
-4. Gradients are clipped by :class:`ClippingOptimizer`, which records the pre-clip norm.
-5. One forward with gradients per update: the policy adapter primes the tensor that
-   upstream's ``train_step`` asks for, and with ``--kl-coef 0`` the reference forward is
-   skipped altogether (:class:`_NoReference`).
-6. Each step's prompts and sampling seeds derive from ``(seed, step)``, so ``--resume``
-   continues exactly where an uninterrupted run would be.
+3. Upstream's traps (a KL weight reset every step, a clip that hides the gradient norm, a
+   reference forward without KL, a KL reported without a reference) are worked around in
+   :mod:`rg_tracer.dapo.upstream`; gradients are clipped by :class:`ClippingOptimizer`.
+4. One forward with gradients per update: the policy adapter primes the tensor that
+   upstream's ``train_step`` asks for.
+5. Each step's prompts and sampling seeds derive from ``(seed, step)``
+   (:func:`rg_tracer.runtime.run.mix_seed`), so ``--resume`` continues exactly where an
+   uninterrupted run would be.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import random
-import signal
 import sys
-import threading
 import time
 
 import torch
-from gepa_dapo_grn import DAPOConfig, DAPOTrainer, SafetyController
 from gepa_dapo_grn.curriculum import TaskStats
 from gepa_dapo_grn.dapo_core import DAPOBatch
-from tqdm import tqdm
 
 from rg_tracer.dapo.config import TrainConfig
-from rg_tracer.runtime.checkpoint import load_extra_tensors, load_optimizer_state, save_checkpoint
-from rg_tracer.scorers.mapping import FeedbackMappingConfig
-from rg_tracer.runtime.policy_adapter import HFPolicyAdapter
 from rg_tracer.dapo.diagnostics import SlowGradient, weight_norms
-from rg_tracer.runtime.evaluation import evaluate_splits
-from rg_tracer.runtime.log_writer import JsonlLogger, drop_torn_tail
 from rg_tracer.dapo.objective import (
     clip_fraction, group_advantages, loss_correction, mixed_rewards, zero_variance_groups,
 )
-from rg_tracer.dapo.optim import ClippingOptimizer
-from rg_tracer.dapo.sampling import GroupSampler, ScoredBatch, seed_for
-from rg_tracer.dapo.setup import PreparedRun, prepare_run, versions
+from rg_tracer.dapo.optim import ClippingOptimizer, adamw
+from rg_tracer.dapo.sampling import GroupSampler, ScoredBatch
+from rg_tracer.dapo.setup import PreparedRun, prepare_run
+from rg_tracer.dapo.upstream import dapo_trainer, upstream_metrics
 from rg_tracer.reward_mixer import check_overlap
+from rg_tracer.runtime.checkpoint import load_extra_tensors, load_optimizer_state, save_checkpoint
+from rg_tracer.runtime.evaluation import evaluate_splits
+from rg_tracer.runtime.log_writer import JsonlLogger, drop_torn_tail
+from rg_tracer.runtime.policy_adapter import HFPolicyAdapter
+from rg_tracer.schema import end_record, eval_record, step_record
+from rg_tracer.runtime.run import (
+    SALT_EVAL_ORDER, SALT_SFT_BATCH, StopSignal, mix_seed, progress_bar, run_record,
+)
 
 __all__ = ["DAPOHybridTrainer", "train"]
 
 
-class _StableSafety(SafetyController):
-    """Keeps the KL weight and clip ratio we set; upstream resets them every step."""
-
-    def adjust_configs(self, dapo_config, grn_config) -> None:
-        self.adjust_grn_config(grn_config)
-
-
-class _NoReference:
-    """Stands in for the KL reference when ``--kl-coef 0``: no model copy, no forward."""
-
-    def logprobs(self, actions: torch.Tensor, **inputs) -> torch.Tensor:
-        return torch.zeros(actions.shape[0], device=actions.device)
-
-
-def _is_norm(module: torch.nn.Module) -> bool:
-    return isinstance(module, (torch.nn.LayerNorm, torch.nn.GroupNorm)) or "norm" in type(module).__name__.lower()
-
-
-def parameter_groups(model: torch.nn.Module, weight_decay: float, exclude: tuple[str, ...] = ()) -> list[dict]:
-    """AdamW parameter groups: one decayed group, plus a ``weight_decay=0`` group of the
-    ``exclude`` kinds (``biases``: parameters named ``*.bias``; ``norms``: parameters of
-    LayerNorm/RMSNorm modules; ``embeddings``: ``nn.Embedding`` weights, a tied output
-    layer included). Without ``exclude`` a single group, as before the option existed."""
-    if not exclude:
-        return [{"params": list(model.parameters()), "weight_decay": weight_decay}]
-    skip: set[int] = set()
-    for module_name, module in model.named_modules():
-        own = list(module.named_parameters(recurse=False))
-        if "norms" in exclude and _is_norm(module):
-            skip.update(id(p) for _, p in own)
-        if "embeddings" in exclude and isinstance(module, torch.nn.Embedding):
-            skip.update(id(p) for _, p in own)
-        if "biases" in exclude:
-            skip.update(id(p) for name, p in own if name == "bias")
-    params = list(model.parameters())  # each shared (tied) tensor once
-    return [{"params": [p for p in params if id(p) not in skip], "weight_decay": weight_decay},
-            {"params": [p for p in params if id(p) in skip], "weight_decay": 0.0}]
-
-
-def _adamw(model: torch.nn.Module, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.999),
-           exclude: tuple[str, ...] = ()) -> torch.optim.AdamW:
-    """Fused AdamW where torch has it for the device (2.5x faster steps on CPU), else the default."""
-    groups = parameter_groups(model, weight_decay, exclude)
-    try:
-        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, betas=betas, fused=True)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, betas=betas)
-
-
 class DAPOHybridTrainer:
-    def __init__(self, run: PreparedRun, mapping: FeedbackMappingConfig | None = None) -> None:
+    def __init__(self, run: PreparedRun) -> None:
         cfg = self.config = run.config
         self.run = run
-        # A scorer may declare which of its keys are tags/verifier signals; the rest are rewards.
-        self.mapping = mapping or getattr(run.scorer, "feedback_mapping", None) or FeedbackMappingConfig()
         self.policy = HFPolicyAdapter(run.model, run.tokenizer, lean_sampler=cfg.lean_sampler)
-        adam = _adamw(run.model, cfg.learning_rate, cfg.weight_decay, cfg.betas, cfg.no_decay)
+        adam = adamw(run.model, cfg.learning_rate, cfg.weight_decay, cfg.betas, cfg.no_decay)
         tracks_slow = cfg.grokfast_lambda > 0 or cfg.diag_every > 0
         self.slow_gradient = SlowGradient(cfg.grokfast_alpha, cfg.grokfast_lambda) if tracks_slow else None
         self.optimizer = ClippingOptimizer(adam, cfg.max_grad_norm if cfg.clips_gradients else None,
                                            grad_filter=self.slow_gradient)
-        dapo_config = DAPOConfig(
-            clip_ratio=cfg.clip_ratio, clip_advantage=cfg.clip_advantage, kl_coeff=cfg.kl_coef,
-            target_kl=cfg.kl_target or 0.0, kl_horizon=cfg.kl_horizon,
-            adaptive_kl=cfg.kl_target is not None, max_grad_norm=math.inf, group_size=cfg.group_size,
-        )
-        self.dapo = DAPOTrainer(self.policy, self.optimizer, config=dapo_config,
-                                reward_mixer=run.mixer, safety_controller=_StableSafety())
+        # on resume the KL reference is the original model, not the checkpoint
+        reference = (HFPolicyAdapter(run.reference_model.requires_grad_(False), run.tokenizer)
+                     if run.reference_model is not None else None)
+        self.dapo = dapo_trainer(self.policy, self.optimizer, cfg, run.mixer, reference)
         if run.resumed_from_step is not None:
             torn = drop_torn_tail(run.log_path)
             if torn:
@@ -127,14 +72,10 @@ class DAPOHybridTrainer:
                       file=sys.stderr)
         self.logger = JsonlLogger(run.log_path)
         self.step = 0
-        self._stop_requested = False
+        self.stop = StopSignal("stopping after this step (Ctrl-C again to abort without a checkpoint)")
         self._mixer_checked = False
         self._sft_full_batch = None  # the tokenised training split, built once for full-batch SFT
-        self.sampler = GroupSampler(self.policy, run, self.mapping)
-        if cfg.kl_coef == 0:
-            self.dapo.ref_policy = _NoReference()
-        elif run.reference_model is not None:  # the KL reference is the original model, not the checkpoint
-            self.dapo.ref_policy = HFPolicyAdapter(run.reference_model.requires_grad_(False), run.tokenizer)
+        self.sampler = GroupSampler(self.policy, run)
         if run.resume_state:
             self._restore(run.resume_state)
 
@@ -182,8 +123,8 @@ class DAPOHybridTrainer:
         rl = {**self._update(batch), **self._diagnostics(step)}
         t2 = time.perf_counter()
         g = self.config.group_size
-        record = self.logger.write(
-            "step", step=step, phase="rl", rl=rl,
+        record = self.logger.write("step", **step_record(
+            step=step, phase="rl", rl=rl,
             gepa=[fb.to_dict() for fb in batch.feedbacks],
             generation=[
                 {"prompt_id": e.id, "completion_id": f"{e.id}#{i % g}", "prompt_tokens": pt,
@@ -195,7 +136,7 @@ class DAPOHybridTrainer:
             curriculum={k: dataclasses.asdict(v) for k, v in self.dapo.curriculum.tasks.items()},
             safety=dataclasses.asdict(self.dapo.safety_controller.state),
             timing={"sample_and_score": t1 - t0, "train": t2 - t1},
-        )
+        ))
         self.step = step
         return record
 
@@ -209,7 +150,7 @@ class DAPOHybridTrainer:
         t0 = time.perf_counter()
         examples = list(self.run.train.examples)
         if self.config.sft_batch_size:
-            rng = random.Random(seed_for(self.config.seed, step, salt=3))
+            rng = random.Random(mix_seed(self.config.seed, step, SALT_SFT_BATCH))
             examples = [examples[rng.randrange(len(examples))] for _ in range(self.config.sft_batch_size)]
             rollout = self._sft_rollout(examples)
         else:  # the same batch every step: tokenise it once
@@ -221,11 +162,10 @@ class DAPOHybridTrainer:
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
-        rl = {"loss": loss.item(), "policy_loss": None, "kl": None, "clip_ratio": None,
-              "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": self.optimizer.last_grad_norm,
+        rl = {"loss": loss.item(), "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": self.optimizer.last_grad_norm,
               "entropy": self.policy.last_entropy, "sft/examples": len(examples), **self._diagnostics(step)}
-        record = self.logger.write("step", step=step, phase="sft", rl=rl, gepa=[], generation=[],
-                                   curriculum={}, safety={}, timing={"train": time.perf_counter() - t0})
+        record = self.logger.write("step", **step_record(step=step, phase="sft", rl=rl,
+                                                         timing={"train": time.perf_counter() - t0}))
         self.step = step
         return record
 
@@ -275,10 +215,8 @@ class DAPOHybridTrainer:
             "truncated_frac": sum(rollout.truncated) / len(rollout.truncated),
             **{f"clip_ratio/update_{k + 1}": c for k, c in enumerate(clip_fracs) if len(clip_fracs) > 1},
             **batch.stats,
-            **upstream,
+            **upstream_metrics(upstream),
         }
-        if no_kl:  # upstream reports mean(logp - 0) as KL when there is no reference
-            rl["kl/value"] = None
         return rl
 
     # -- evaluation ---------------------------------------------------------------
@@ -286,58 +224,42 @@ class DAPOHybridTrainer:
         """Greedy evaluation on the held-out split and a train sample: one ``eval`` record each."""
         results = evaluate_splits(self.policy, self.run.scorer, self.run.train, self.run.eval,
                                   max_new_tokens=self.config.max_new_tokens, eval_samples=self.config.eval_samples,
-                                  train_order_seed=seed_for(self.config.seed, 0, salt=2))
+                                  train_order_seed=mix_seed(self.config.seed, 0, SALT_EVAL_ORDER))
         if not self._mixer_checked:  # the baseline eval may be the first record: refuse before it
             check_overlap(self.run.mixer, set(results[0][2]), f"--reward-mixer {self.config.reward_mixer}")
             self._mixer_checked = True
-        return [self.logger.write("eval", step=step, split=split, n=n, metrics=metrics)
+        return [self.logger.write("eval", **eval_record(step=step, split=split, n=n, metrics=metrics))
                 for split, n, metrics in results]
 
     # -- the loop -----------------------------------------------------------------
-    def _request_stop(self, signum, frame) -> None:
-        if self._stop_requested:
-            raise KeyboardInterrupt
-        self._stop_requested = True
-        print("\nstopping after this step (Ctrl-C again to abort without a checkpoint)", file=sys.stderr)
-
     def fit(self) -> int:
         cfg, run = self.config, self.run
         start = self.step
-        self.logger.stage(
-            "run", config=cfg.to_dict(), versions=versions(), seed=cfg.seed,
-            model={"name_or_path": cfg.model, "arch": type(run.model).__name__,
-                   "parameters": sum(p.numel() for p in run.model.parameters())},
-            dataset={**run.train.describe(), "eval": run.eval.describe() if run.eval else None},
-            reward_weights=dict(run.mixer.weights), resumed_from_step=run.resumed_from_step,
-        )
-        in_main = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGINT, self._request_stop) if in_main else None
-        bar = tqdm(total=cfg.max_steps, initial=start, desc="train", disable=not cfg.progress,
-                   dynamic_ncols=True, file=sys.stderr)
+        self.logger.stage("run", **run_record(cfg.to_dict(), run.model, run, run.resumed_from_step))
+        bar = progress_bar(cfg.max_steps, "train", cfg.progress, initial=start)
         try:
-            if cfg.eval_every and start == 0 and run.resumed_from_step is None:
-                self.evaluate(0)  # the baseline every later eval is read against
-            for step in range(start + 1, cfg.max_steps + 1):
-                record = self.train_step(step)
-                if cfg.evaluates_at(step, last=step == cfg.max_steps):
-                    self.evaluate(step)
-                if cfg.save_every and step % cfg.save_every == 0 and step != cfg.max_steps:
-                    self.save()
-                bar.update(1)
-                bar.set_postfix_str(_postfix(record), refresh=False)
-                if self._stop_requested:
-                    break
-            if self.step > start:
-                checkpoint = self.save()
-                status = "completed" if self.step == cfg.max_steps else "interrupted"
-                self.logger.write("end", step=self.step, status=status)
-                if status == "interrupted":
-                    print(f"interrupted after step {self.step}; checkpoint {checkpoint}; "
-                          "continue with the same command plus --resume", file=sys.stderr)
+            with self.stop:
+                if cfg.eval_every and start == 0 and run.resumed_from_step is None:
+                    self.evaluate(0)  # the baseline every later eval is read against
+                for step in range(start + 1, cfg.max_steps + 1):
+                    record = self.train_step(step)
+                    if cfg.evaluates_at(step, last=step == cfg.max_steps):
+                        self.evaluate(step)
+                    if cfg.save_every and step % cfg.save_every == 0 and step != cfg.max_steps:
+                        self.save()
+                    bar.update(1)
+                    bar.set_postfix_str(_postfix(record), refresh=False)
+                    if self.stop.requested:
+                        break
+                if self.step > start:
+                    checkpoint = self.save()
+                    status = "completed" if self.step == cfg.max_steps else "interrupted"
+                    self.logger.write("end", **end_record(step=self.step, status=status))
+                    if status == "interrupted":
+                        print(f"interrupted after step {self.step}; checkpoint {checkpoint}; "
+                              "continue with the same command plus --resume", file=sys.stderr)
         finally:
             bar.close()
-            if in_main:
-                signal.signal(signal.SIGINT, previous)
             self.logger.close()
         return self.step
 

@@ -45,10 +45,10 @@ from torch import nn
 
 from rg_tracer.eggroll.config import check_population
 from rg_tracer.errors import UserError
+from rg_tracer.runtime.run import mix_seed
 
 __all__ = [
     "Layer",
-    "mix_seed",
     "Population",
     "check_rank",
     "find_layers",
@@ -57,19 +57,6 @@ __all__ = [
     "dense_delta",
     "tile_members",
 ]
-
-_MASK64 = (1 << 64) - 1
-
-
-def mix_seed(*parts: int) -> int:
-    """SplitMix64 over ``parts``: a seed that is stable across runs and Python versions."""
-    h = 0x9E3779B97F4A7C15
-    for part in parts:
-        h = (h ^ (int(part) & _MASK64)) * 0xBF58476D1CE4E5B9 & _MASK64
-        h = (h ^ (h >> 31)) * 0x94D049BB133111EB & _MASK64
-        h ^= h >> 29
-    return h & ((1 << 63) - 1)
-
 
 @dataclass(frozen=True)
 class Layer:

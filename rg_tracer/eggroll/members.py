@@ -17,7 +17,8 @@ import torch
 from gepa_dapo_grn.reward_mixers import mix_reward_vectors
 
 from rg_tracer.runtime.feedback_adapter import make_gepa_feedback
-from rg_tracer.eggroll.lowrank import Population, mix_seed, perturbed
+from rg_tracer.eggroll.lowrank import Population, perturbed
+from rg_tracer.runtime.run import SALT_MEMBER_SAMPLING, mix_seed
 from rg_tracer.scorers import run_scorer
 
 __all__ = ["MemberEval", "evaluate_members"]
@@ -53,7 +54,7 @@ def evaluate_members(policy, layers, population: Population, examples: list, *, 
         for start in range(0, population.size, batch):
             members = range(start, start + batch)
             if temperature > 0:  # sampled completions: seeded per generation and member batch
-                torch.manual_seed(mix_seed(population.seed, population.generation, start, 0x5A))
+                torch.manual_seed(mix_seed(population.seed, population.generation, start, SALT_MEMBER_SAMPLING))
             with perturbed(layers, population, members):
                 rollout = policy.sample(prompts * batch, 1, max_new_tokens,
                                         temperature=temperature or 1.0, greedy=temperature == 0)

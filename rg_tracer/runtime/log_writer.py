@@ -1,4 +1,4 @@
-"""Append-only JSONL run logs in the ``rg-tracer/1`` schema (``rg_tracer.schema``).
+"""Append-only JSONL run logs in the ``rg-tracer/2`` schema (``rg_tracer.schema``).
 
 Each record is one line, written with a single ``write`` and flushed, so a reader
 never sees half a record except a last line still missing its newline (which the

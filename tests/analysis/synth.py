@@ -1,4 +1,4 @@
-"""Synthetic ``rg-tracer/1`` logs for the analysis tests.
+"""Synthetic ``rg-tracer/2`` logs for the analysis tests.
 
 Every record goes through :func:`rg_tracer.schema.validate` before it is
 written (unless a test asks for a broken line on purpose), so these fixtures

@@ -19,14 +19,14 @@ def test_hostile_lines_do_not_stop_ingest_or_leak_into_html(tmp_path):
         step_record(1, [{"correctness": 0.0, odd_axis: 1.0}], completions=[script]),
         "[" * 100_000 + "]" * 100_000,  # deeply nested JSON
         json.dumps(huge),
-        '{"schema": "rg-tracer/1", "kind": "step", "step": 4, "rl": "fast"}',  # wrong type for a known field
+        '{"schema": "rg-tracer/2", "kind": "step", "step": 4, "rl": "fast"}',  # wrong type for a known field
         step_record(2, [{"correctness": 1.0}]),
         step_record(2, [{"correctness": 0.5}]),  # duplicate step: the later wins
     ]
     path = write_log(runs / "r" / "train.jsonl", [r if isinstance(r, str) else json.dumps(r) for r in hostile],
                      check=False)
     with open(path, "ab") as f:
-        f.write(b'{"schema": "rg-tracer/1", "kind": "step", "step": 5, "comp\xff\xfe": 1}\n')
+        f.write(b'{"schema": "rg-tracer/2", "kind": "step", "step": 5, "comp\xff\xfe": 1}\n')
     result = ingest(runs)
     report = result.files[0]
     assert {e.line for e in report.errors} == {3, 5, 8}

@@ -1,0 +1,75 @@
+"""Every workaround for upstream ``gepa_dapo_grn`` (0.4.x) in one place, each with the trap it
+answers (numbers refer to ``shared/notes/gepa-dapo-grn.md``). Delete an entry when upstream
+fixes its trap.
+
+1. :class:`StableSafety` — ``SafetyController.adjust_configs`` resets ``kl_coeff`` and
+   ``clip_ratio`` to their first-seen values every step, so adaptive KL never acts (trap 5);
+   this controller keeps the values the trainer (and its adaptive KL) set.
+2. :class:`NoReference` — with ``--kl-coef 0`` upstream would still clone the policy and run a
+   reference forward every step (trap 8); this stands in for the reference at zero cost.
+3. :func:`dapo_trainer` builds ``DAPOTrainer`` with ``max_grad_norm=inf``: upstream clips
+   inside ``train_step`` and drops the norm, so :class:`~rg_tracer.dapo.optim.ClippingOptimizer`
+   clips instead and records the pre-clip norm.
+4. :func:`upstream_metrics` keeps upstream's own metrics under ``upstream/``, less the exact
+   duplicates of rg-tracer's (among them ``kl/value``, which upstream reports as
+   ``mean(logp - 0)`` when there is no reference).
+5. The clip-higher/overlong correction through ``extra_loss`` (upstream has one symmetric
+   ``eps`` and no sample weights) lives with the objective: ``rg_tracer.dapo.objective``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from gepa_dapo_grn import DAPOConfig, DAPOTrainer, SafetyController
+
+from rg_tracer.schema import UPSTREAM_PREFIX
+
+__all__ = ["StableSafety", "NoReference", "dapo_trainer", "upstream_metrics"]
+
+
+
+class StableSafety(SafetyController):
+    """Keeps the KL weight and clip ratio we set; upstream resets them every step."""
+
+    def adjust_configs(self, dapo_config, grn_config) -> None:
+        self.adjust_grn_config(grn_config)
+
+
+class NoReference:
+    """Stands in for the KL reference when ``--kl-coef 0``: no model copy, no forward."""
+
+    def logprobs(self, actions: torch.Tensor, **inputs) -> torch.Tensor:
+        return torch.zeros(actions.shape[0], device=actions.device)
+
+
+def dapo_trainer(policy, optimizer, config, mixer, reference=None) -> DAPOTrainer:
+    """Upstream's trainer for ``config`` (a ``TrainConfig``) with the workarounds above; the KL
+    reference is ``reference`` (a policy), or :class:`NoReference` when ``--kl-coef 0``."""
+    dapo_config = DAPOConfig(
+        clip_ratio=config.clip_ratio, clip_advantage=config.clip_advantage, kl_coeff=config.kl_coef,
+        target_kl=config.kl_target or 0.0, kl_horizon=config.kl_horizon,
+        adaptive_kl=config.kl_target is not None, max_grad_norm=math.inf, group_size=config.group_size,
+    )
+    trainer = DAPOTrainer(policy, optimizer, config=dapo_config, reward_mixer=mixer, safety_controller=StableSafety())
+    if config.kl_coef == 0:
+        trainer.ref_policy = NoReference()
+    elif reference is not None:
+        trainer.ref_policy = reference
+    return trainer
+
+
+#: upstream metrics that repeat one of rg-tracer's own numbers exactly
+_DUPLICATES = ("loss/total", "kl/value", "reward/mean", "reward/std", "reward_scalar/mean", "reward_scalar/std")
+
+
+def upstream_metrics(metrics: dict) -> dict:
+    """Upstream's ``train_step`` metrics under :data:`UPSTREAM_PREFIX`, less those rg-tracer
+    logs under its own name: ``loss/total`` is ``loss``, ``kl/value`` is ``kl`` (which is null
+    without a reference, where upstream reports ``mean(logp - 0)``), ``reward/*`` and
+    ``reward_scalar/*`` are ``reward_mixed_mean/std``. What stays differs from rg-tracer's
+    same-looking numbers: ``loss/policy`` is upstream's loss before the clip-higher/overlong
+    correction, ``kl/coeff`` the KL weight after the adaptive update (``kl_coeff``: the one
+    this step used)."""
+    return {UPSTREAM_PREFIX + k: v for k, v in metrics.items() if k not in _DUPLICATES}
