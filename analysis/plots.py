@@ -3,18 +3,19 @@
 Figures are built with ``matplotlib.figure.Figure`` rather than pyplot, so
 rendering never touches a GUI backend or pyplot's global figure list (no
 ``plt.show()``, nothing to close); a notebook displays the returned Figure.
-Long series are thinned to ~``MAX_POINTS`` points for drawing only.
+This module has the figures of one run; those comparing runs (the index page)
+are in :mod:`analysis.run_comparison_plots`, and the layout helpers both use
+(panel grids, thinning long series for drawing) in :mod:`analysis._plot_helpers`.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import polars as pl
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from analysis._plot_helpers import _WIDTH, _empty, _grid, _label, _thin, _txt
 from rg_tracer.schema import RL_KEYS
 
 __all__ = [
@@ -24,51 +25,7 @@ __all__ = [
     "lead_lag_plot",
     "task_curves",
     "eval_vs_train",
-    "compare_runs",
 ]
-
-MAX_POINTS = 4000
-_WIDTH = 11.0
-
-
-def _thin(frame: pl.DataFrame) -> pl.DataFrame:
-    every = max(1, math.ceil(frame.height / MAX_POINTS))
-    return frame.gather_every(every) if every > 1 else frame
-
-
-def _grid(n: int, ncols: int = 2, height: float = 2.6, title: str | None = None) -> tuple[Figure, list]:
-    n = max(n, 1)
-    ncols = min(ncols, n)
-    nrows = math.ceil(n / ncols)
-    head = 0.45 + (0.3 if title else 0.0)  # inches above the first row
-    total = height * nrows + head + 0.15
-    fig = Figure(figsize=(_WIDTH, total))
-    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.6 / total, top=1 - head / total,
-                        hspace=0.6, wspace=0.2 if ncols <= 2 else 0.42)
-    if title:
-        fig.suptitle(title, fontsize=9, y=1 - 0.12 / total, va="top")
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel().tolist()
-    for extra in axes[n:]:
-        extra.set_visible(False)
-    for ax in axes[:n]:
-        ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))  # steps
-    return fig, axes[:n]
-
-
-def _empty(message: str) -> Figure:
-    fig = Figure(figsize=(_WIDTH, 1.2))
-    fig.text(0.5, 0.5, message, ha="center", va="center", color="0.4")
-    return fig
-
-
-def _txt(text: object) -> str:
-    """A log-derived string as literal text: no mathtext, not hidden from legends."""
-    text = str(text).replace("$", r"\$")
-    return " " + text if text.startswith("_") else text
-
-
-def _label(kind: str, axis: str) -> str:
-    return _txt(axis if kind == "reward" else f"{kind}: {axis}")
 
 
 def axis_curves(fitness: pl.DataFrame, transitions: pl.DataFrame) -> Figure:
@@ -273,49 +230,6 @@ def eval_vs_train(fitness: pl.DataFrame, evals: pl.DataFrame) -> Figure:
     return fig
 
 
-def compare_runs(fitness: pl.DataFrame, kind: str = "reward") -> Figure:
-    """Per axis of ``kind``, every run's EMA, smoothed over ~1% of the steps for display."""
-    frame = fitness.filter(pl.col("kind") == kind)
-    names = sorted(frame["axis"].unique().to_list())
-    if not names:
-        return _empty(f"no {kind} axes logged")
-    run_ids = sorted(frame["run_id"].unique().to_list())
-    many = len(run_ids) > 8
-    fig, axes = _grid(len(names), height=3.0 if many else 2.6)
-    colours = _colours(len(run_ids))
-    for ax, name in zip(axes, names):
-        for i, run_id in enumerate(run_ids):
-            f = _thin(frame.filter((pl.col("axis") == name) & (pl.col("run_id") == run_id)).sort("step"))
-            if f.is_empty():
-                continue
-            smooth = f["ema"].rolling_mean(max(1, f.height // 100), min_samples=1)
-            ax.plot(f["step"].to_numpy(), smooth.to_numpy(), color=colours[i], linewidth=1.2,
-                    linestyle="-" if i < 20 else "--", label=_txt(run_id))
-        ax.set_title(_txt(name), fontsize=10)
-        ax.tick_params(labelsize=7)
-    if many:  # one legend for the figure, beside the panels, with runs from every panel
-        found: dict[str, object] = {}
-        for ax in axes:
-            for handle, label in zip(*ax.get_legend_handles_labels()):
-                found.setdefault(label, handle)
-        labels = sorted(found)
-        handles = [found[label] for label in labels]
-        fig.subplots_adjust(right=0.84)
-        fig.legend(handles, labels, loc="upper right", fontsize=7, ncol=1 + len(run_ids) // 30, frameon=False)
-    else:
-        axes[0].legend(fontsize=7, loc="best")
-    return fig
-
-
-def _colours(n: int) -> list:
-    from matplotlib import colormaps
-
-    if n <= 10:
-        return [f"C{i}" for i in range(n)]
-    cmap = colormaps["tab20"]
-    return [cmap(i % 20) for i in range(n)]
-
-
 _PHASE_COLOURS = {"memorisation": "#fde0c5", "plateau": "#eeeeee", "transition": "#c7e9c0"}
 
 
@@ -349,19 +263,4 @@ def grokking_curves(evals: pl.DataFrame, metrics: pl.DataFrame, summary, axis: s
         axes[1].set_xlim(0, last)
     for a in axes:
         a.tick_params(labelsize=7)
-    return fig
-
-
-def generalisation_steps(table: pl.DataFrame) -> Figure:
-    """Steps to generalise per group of runs: mean with min-max bars."""
-    rows = table.filter(pl.col("generalised") > 0)
-    if rows.is_empty():
-        return _empty("no run reached the generalisation threshold")
-    fig, axes = _grid(1, ncols=1, height=max(2.0, 0.4 * rows.height + 1))
-    ax = axes[0]
-    y = list(range(rows.height))
-    mean, low, high = rows["mean_steps"].to_numpy(), rows["min_steps"].to_numpy(), rows["max_steps"].to_numpy()
-    ax.errorbar(mean, y, xerr=[mean - low, high - mean], fmt="o", capsize=3)
-    ax.set_yticks(y, [_txt(f"{g} (n={n})") for g, n in zip(rows["group"], rows["generalised"])], fontsize=7)
-    ax.set_xlabel("steps to generalise (mean, min-max)", fontsize=8)
     return fig

@@ -18,30 +18,19 @@ Method:
 2. **Noise model** (:mod:`analysis.noise_model`, after DeCAFS, Romano,
    Rigaill, Runge & Fearnhead 2022): white sampling noise + random-walk drift
    + AR(1) wobble, fitted to robust variances of ``y[t+k] - y[t]``.
-3. **Scan** (multiscale MOSUM: Eichinger & Kirch 2018, Bernoulli; Cho & Kirch
-   2022): at widths ``h = min_size * 2^j <= n/4`` the difference of the means
-   of the ``h`` steps after and before each step, divided by its exact
-   standard deviation *under the fitted noise model*. Drift and wobble
-   therefore widen the threshold instead of being cut into stairs.
-4. **Test.** The threshold is the ``1 - alpha`` quantile of the scan's
-   maximum over every position and width for white noise of the same length
-   (Monte Carlo, 2,000 series, fixed seed; conservative for smoother noise,
-   which has fewer independent positions); ``p_value`` is that family-wise
-   p-value (Bonferroni beyond the simulated range). A change smaller than
-   ``min_effect`` noise SDs is not reported. A change inflates the variogram
-   as drift does, so the noise model is refitted leaving out the differences
-   that span the likeliest change (even before it passes) and every change
-   found; changes are then judged by the refit at ``alpha / 2`` (Bonferroni
-   over the two noise models).
-5. **Shape and place.** Same-direction detections whose windows overlap are
-   one change. Over its window a flat-ramp-flat curve is fitted by least
-   squares for every (start, end): the change is a **jump** when a ramp of
-   length zero is inside the 95% profile-likelihood set (chi-square(2) with
-   the long-run noise variance), otherwise a **phase** with ``onset_step`` and
-   ``end_step`` at 10% and 90% of the best ramp. The 95% interval of where it
-   happened (``onset_lo``, ``end_hi``) is Bai's (1994) ``+-11.03 sigma^2 /
-   delta^2`` for a jump, the extremes of the 10%/90% points over the profile
-   set for a phase.
+3. **Scan** (:mod:`analysis.mosum_scan`; multiscale MOSUM): the difference of
+   the window means after and before each step, at several widths, divided by
+   its standard deviation under the fitted noise model.
+4. **Test** (:mod:`analysis.mosum_scan`): against the simulated family-wise
+   threshold of the scan's maximum; ``p_value`` is that family-wise p-value.
+   A change smaller than ``min_effect`` noise SDs is not reported. A change
+   inflates the variogram as drift does, so the noise model is refitted
+   leaving out the differences that span the likeliest change (even before it
+   passes) and every change found; changes are then judged by the refit at
+   ``alpha / 2`` (Bonferroni over the two noise models).
+5. **Shape and place** (:mod:`analysis.change_shape`): overlapping detections
+   are one change, a **jump** or a **phase** by a flat-ramp-flat fit, with the
+   95% interval of where it happened.
 
 ``before``/``after`` are the fitted levels either side on the axis's own
 scale; ``size`` is the change in noise SDs (``sqrt(s + a + q)`` of the model,
@@ -49,18 +38,14 @@ scaled to the sampling noise around the change); ``z`` is the scan statistic. Ca
 planted series: ``benchmarks/calibrate_transitions.py``; the table is in
 ``docs/analysis.md``.
 
-Departures from the papers: DeCAFS's penalised dynamic programme is replaced
-by the MOSUM scan under DeCAFS's noise model (the scan is O(n) per width and
-its threshold explicit); the MOSUM asymptotic critical value is replaced by a
-simulated one (the asymptotics are poor for n/h < 50); Cho & Kirch's
-bottom-up merge across widths is replaced by merging overlapping windows and
-a ramp fit; series longer than ``max_points`` are averaged into that many
-bins, and a jump is then placed on the raw steps.
+Departures from the papers (those of the scan and of the merge of detections
+are in :mod:`analysis.mosum_scan` and :mod:`analysis.change_shape`): series
+longer than ``max_points`` are averaged into that many bins, and a jump is
+then placed on the raw steps.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -68,7 +53,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import polars as pl
 
-from analysis.noise_model import NoiseModel, fit_noise, is_binary, mosum_var, sampling_variance
+from analysis.change_shape import _Change, _levels, _locate, _refine
+from analysis.noise_model import NoiseModel, fit_noise, is_binary, sampling_variance
 
 __all__ = ["Transition", "NoiseModel", "SeriesChanges", "analyse_series", "detect_transitions",
            "transitions_table", "BAI_95"]
@@ -76,7 +62,6 @@ __all__ = ["Transition", "NoiseModel", "SeriesChanges", "analyse_series", "detec
 #: 97.5% quantile of |argmax_s W(s) - |s|/2| (Bai 1994, Table 1): a jump's 95%
 #: location interval is +- BAI_95 * sigma^2 / delta^2 steps.
 BAI_95 = 11.03
-_CHI2_2_95 = 5.991
 
 
 @dataclass(frozen=True)
@@ -113,184 +98,11 @@ class SeriesChanges:
     noise: NoiseModel | None = None
 
 
-def _window_means(c: np.ndarray, h: int) -> tuple[np.ndarray, np.ndarray]:
-    """For t = h..n-h: mean of [t-h, t) and of [t, t+h) (``c`` = cumsum with a leading 0)."""
-    n = len(c) - 1
-    t = np.arange(h, n - h + 1)
-    return (c[t] - c[t - h]) / h, (c[t + h] - c[t]) / h
-
-
-def _ramp_fit(y: np.ndarray, lo: int, hi: int, stride: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """SSE of flat-ramp-flat fits to ``y[lo:hi]`` for ramps [a, b], a <= b (a == b: a jump at a).
-
-    On a grid of the given stride, then every step around the best fit.
-    Returns (a, b, sse), indices relative to ``lo``.
-    """
-    n = hi - lo
-    grid = np.arange(1, n, stride)
-    a, b = np.meshgrid(grid, np.append(grid, n - 1), indexing="ij")
-    keep = a <= b
-    a, b, sse = _ramp_sse(y[lo:hi], a[keep], b[keep])
-    if stride > 1:
-        j = int(np.argmin(sse))
-        near_a = np.arange(max(1, a[j] - stride), min(n - 1, a[j] + stride) + 1)
-        near_b = np.arange(max(1, b[j] - stride), min(n - 1, b[j] + stride) + 1)
-        fa, fb = np.meshgrid(near_a, near_b, indexing="ij")
-        keep = fa <= fb
-        fa, fb, fsse = _ramp_sse(y[lo:hi], fa[keep], fb[keep])
-        a, b, sse = np.concatenate([a, fa]), np.concatenate([b, fb]), np.concatenate([sse, fsse])
-    return a, b, sse
-
-
-def _ramp_sse(seg: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(a, b, SSE of the flat-ramp-flat fit with ramp [a, b]) for each pair, by cumulative sums."""
-    n = len(seg)
-    t = np.arange(n, dtype=float)
-    cums = [np.concatenate([[0.0], np.cumsum(v)]) for v in (np.ones(n), t, t * t, seg, t * seg)]
-    c1, ct, ctt, cy, cty = cums
-    w = (b - a).astype(float)
-    ramp = w > 0
-    ws = np.where(ramp, w, 1.0)
-    # the ramp: t in [a, b), r = (t - a) / w; after it (t >= b, or t >= a for a jump) r = 1
-    s1 = ct[b] - ct[a] - a * (c1[b] - c1[a])
-    s2 = ctt[b] - ctt[a] - 2 * a * (ct[b] - ct[a]) + a * a * (c1[b] - c1[a])
-    sy = cty[b] - cty[a] - a * (cy[b] - cy[a])
-    after = c1[n] - c1[b]
-    sr = np.where(ramp, s1 / ws, 0) + after
-    srr = np.where(ramp, s2 / ws**2, 0) + after
-    sry = np.where(ramp, sy / ws, 0) + cy[n] - cy[b]
-    syy = float(np.sum((seg - seg.mean()) ** 2))
-    var_r = srr - sr * sr / n
-    cov = sry - sr * cy[n] / n
-    sse = syy - np.where(var_r > 1e-12, cov * cov / np.where(var_r > 1e-12, var_r, 1), 0)
-    return a, b, sse
-
-
-def _levels(y: np.ndarray, lo: int, hi: int, a: int, b: int) -> tuple[float, float]:
-    """Least-squares levels before and after a ramp [a, b] (relative to ``lo``) of ``y[lo:hi]``."""
-    seg = y[lo:hi]
-    t = np.arange(len(seg), dtype=float)
-    r = np.clip((t - a) / (b - a), 0, 1) if b > a else (t >= a).astype(float)
-    design = np.column_stack([1 - r, r])
-    coef, *_ = np.linalg.lstsq(design, seg, rcond=None)
-    return float(coef[0]), float(coef[1])
-
-
 def _bin(y: np.ndarray, max_points: int) -> tuple[np.ndarray, np.ndarray]:
     """(bin means, start index of each bin)."""
     size = int(np.ceil(len(y) / max_points))
     starts = np.arange(0, len(y), size)
     return np.add.reduceat(y, starts) / np.diff(np.append(starts, len(y))), starts
-
-
-def _refine(y: np.ndarray, lo: int, cut: int, hi: int, radius: int) -> int:
-    """Best single split of ``y[lo:hi]`` within ``radius`` of ``cut`` (least squares)."""
-    seg = y[lo:hi]
-    c1, c2 = np.cumsum(seg), np.cumsum(seg * seg)
-    n = len(seg)
-    ks = np.arange(max(1, cut - lo - radius), min(n - 1, cut - lo + radius) + 1)
-    if len(ks) == 0:
-        return cut
-    left = c2[ks - 1] - c1[ks - 1] ** 2 / ks
-    right = (c2[-1] - c2[ks - 1]) - (c1[-1] - c1[ks - 1]) ** 2 / (n - ks)
-    return lo + int(ks[np.argmin(left + right)])
-
-
-def _candidates(z: np.ndarray, noise: NoiseModel, weights: np.ndarray | None, min_size: int,
-                alpha: float, seed: bool = False) -> tuple[list[tuple[int, int, float]], np.ndarray, float]:
-    """(position, bandwidth, T) of local scan maxima over the threshold; the null maxima; the test count.
-
-    ``seed``: with none over it, the largest scale's maximum anyway (a trial change).
-    """
-    n = len(z)
-    scales = []
-    h = min_size
-    while h <= max(min_size, n // 4):
-        scales.append(h)
-        h *= 2
-    scales = [h for h in scales if 2 * h <= n]
-    tests = sum(n - 2 * h + 1 for h in scales)
-    null = _null_maxima(n, tuple(scales))
-    crit = float(np.quantile(null, 1 - alpha)) if len(null) else math.inf
-    c = np.concatenate([[0.0], np.cumsum(z)])
-    cw = None if weights is None else np.concatenate([[0.0], np.cumsum(weights)])
-    found = []
-    for h in scales:
-        left, right = _window_means(c, h)  # (n - 2h + 1,) each
-        total = mosum_var(noise, h)
-        var = np.full(len(left), total)
-        if cw is not None:  # the noise follows the local sampling variance
-            t = np.arange(h, n - h + 1)
-            var = total * (cw[t + h] - cw[t - h]) / (2 * h)
-        stat = (right - left) / np.sqrt(var)
-        last = (stat, h)
-        over = np.abs(stat) > crit
-        if not over.any():
-            continue
-        # one candidate per run of exceedances of one sign: its maximum
-        sign = np.sign(stat) * over
-        edges = np.flatnonzero(np.diff(np.concatenate([[0], sign, [0]])) != 0)
-        for start, stop in zip(edges[:-1], edges[1:]):
-            if sign[start] == 0:
-                continue
-            k = start + int(np.argmax(np.abs(stat[start:stop])))
-            found.append((k + h, h, float(stat[k])))
-    if seed and not found and scales:
-        stat, h = last
-        k = int(np.argmax(np.abs(stat)))
-        found.append((k + h, h, float(stat[k])))
-    return found, null, tests
-
-
-NULL_SIMULATIONS = 2000
-
-
-@functools.lru_cache(maxsize=64)
-def _null_maxima(n: int, scales: tuple[int, ...]) -> np.ndarray:
-    """Sorted max over positions and scales of |T| for white noise of length n (Monte Carlo, fixed seed).
-
-    The exact family-wise threshold of the scan where the noise is white; for smoother noise
-    (drift, wobble) it is conservative, as that scan has fewer effectively independent positions.
-    """
-    if not scales:
-        return np.zeros(0)
-    rng = np.random.default_rng(0)
-    out = []
-    for _ in range(NULL_SIMULATIONS // 250):
-        x = rng.standard_normal((250, n))
-        c = np.concatenate([np.zeros((250, 1)), np.cumsum(x, axis=1)], axis=1)
-        best = np.zeros(250)
-        for h in scales:
-            t = np.arange(h, n - h + 1)
-            stat = ((c[:, t + h] - c[:, t]) - (c[:, t] - c[:, t - h])) / np.sqrt(2 * h)
-            best = np.maximum(best, np.abs(stat).max(axis=1))
-        out.append(best)
-    return np.sort(np.concatenate(out))
-
-
-def _p_value(null: np.ndarray, stat: float, tests: float) -> float:
-    """Family-wise p of a scan maximum: Monte Carlo where it resolves it, Bonferroni beyond."""
-    from scipy.stats import norm
-
-    bonferroni = min(1.0, float(2 * tests * norm.sf(abs(stat))))
-    if len(null) == 0 or abs(stat) > null[-1]:
-        return bonferroni
-    return min(bonferroni, (len(null) - np.searchsorted(null, abs(stat)) + 1) / (len(null) + 1))
-
-
-def _groups(found: list[tuple[int, int, float]]) -> list[list[tuple[int, int, float]]]:
-    """Same-sign candidates whose windows overlap: one change each."""
-    groups: list[list[tuple[int, int, float]]] = []
-    for cand in sorted(found):
-        pos, h, stat = cand
-        if groups:
-            last = groups[-1]
-            reach = max(p + hh for p, hh, _ in last)
-            if np.sign(last[0][2]) == np.sign(stat) and pos - h <= reach:
-                last.append(cand)
-                continue
-        groups.append([cand])
-    return groups
 
 
 def _reason(y: np.ndarray, min_size: int) -> str | None:
@@ -372,64 +184,6 @@ def analyse_series(
 
 def _floored(noise: NoiseModel, floor: float) -> NoiseModel:
     return noise if noise.s >= floor else NoiseModel(floor, noise.q, noise.a, noise.phi)
-
-
-@dataclass(frozen=True)
-class _Change:
-    """A change on the scanned (maybe binned) series: window [lo, hi), best ramp [lo+a, lo+b]."""
-
-    lo: int
-    hi: int
-    a: int
-    b: int
-    delta: float
-    stat: float
-    p_value: float
-    jump: bool
-    span: tuple[float, float]  # 95% interval of the 10% and 90% points
-    local: float = 1.0  # the noise variance in the window, relative to the typical step
-
-    def profile(self, length: int) -> np.ndarray:
-        t = np.arange(length, dtype=float) - self.lo
-        if self.b > self.a:
-            return np.clip((t - self.a) / (self.b - self.a), 0, 1)
-        return (t >= self.a).astype(float)
-
-
-def _locate(z: np.ndarray, noise: NoiseModel, weights: np.ndarray | None, min_size: int,
-            alpha: float, seed: bool = False, binned: bool = False) -> list[_Change]:
-    """The changes on ``z``; ``binned``: a jump inside a bin looks like a one-bin ramp."""
-
-    found, null, tests = _candidates(z, noise, weights, min_size, alpha, seed)
-    groups = _groups(found)
-    centres = [int(np.median([p for p, _, _ in g])) for g in groups]
-    sigma2 = noise.long_run_var
-    out = []
-    for i, g in enumerate(groups):
-        lo = max(min(p - h for p, h, _ in g), centres[i - 1] if i else 0)
-        hi = min(max(p + h for p, h, _ in g), centres[i + 1] if i + 1 < len(groups) else len(z))
-        stat = max((c[2] for c in g), key=abs)
-        if hi - lo < 4:
-            continue
-        stride = max(1, (hi - lo) // 300)
-        a, b, sse = _ramp_fit(z, lo, hi, stride)
-        j = int(np.argmin(sse))
-        accept = sse <= sse[j] + _CHI2_2_95 * sigma2
-        abrupt = b - a <= (1 if binned else 0)
-        jump = bool(abrupt[accept].any())  # an abrupt change is within the 95% profile set
-        if jump:
-            cut = int(a[np.argmin(np.where(abrupt, sse, np.inf))])
-            ja = jb = _refine(z, lo, lo + cut, hi, stride) - lo
-            span = (lo + ja, lo + ja)
-        else:
-            ja, jb = int(a[j]), int(b[j])
-            span = (lo + float(np.min(a[accept] + 0.1 * (b[accept] - a[accept]))),
-                    lo + float(np.max(a[accept] + 0.9 * (b[accept] - a[accept]))))
-        before, after = _levels(z, lo, hi, ja, jb)
-        p = _p_value(null, stat, tests)
-        local = 1.0 if weights is None else float(np.mean(weights[lo:hi]))
-        out.append(_Change(lo, hi, ja, jb, after - before, stat, p, jump, span, local))
-    return out
 
 
 def _transition(c: _Change, noise: NoiseModel, steps: np.ndarray, raw_y: np.ndarray, raw_z: np.ndarray,

@@ -13,18 +13,10 @@ import polars as pl
 import pytest
 from scipy import stats
 
-from analysis.correlations import (
-    DEFAULT_MAX_LAG,
-    MIN_R,
-    ar_fit,
-    ar_residuals,
-    bh_adjust,
-    correlate,
-    lagged_xcorr,
-    lead_lag,
-    pearson,
-    spearman,
-)
+from analysis.correlation_stats import bh_adjust, lagged_xcorr, pearson, spearman
+from analysis.correlations import DEFAULT_MAX_LAG, correlate, lead_lag
+from analysis.lead_lag_test import MIN_R
+from analysis.prewhitening import ar_fit, ar_residuals
 
 X = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
 Y = np.array([2.0, 4.0, 5.0, 4.0, 5.0])
@@ -118,7 +110,7 @@ def test_best_lag_sign_convention(lead):
 
 
 def test_gaps_are_not_bridged():
-    from analysis.correlations import _dense
+    from analysis.step_series import _dense
 
     steps = np.array([1, 2, 3, 5, 6, 7, 8, 9])  # step 4 missing
     frame = pl.DataFrame({"step": steps, "metric": "kl", "value": np.arange(8.0)})
