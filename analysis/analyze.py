@@ -14,7 +14,8 @@ import polars as pl
 from analysis.correlations import DEFAULT_MAX_LAG, correlate
 from analysis.db import IngestResult, ingest
 from analysis.db.store import Runs
-from analysis.report import RunReport, write_index, write_run_page
+from analysis.report import write_index, write_run_page
+from analysis.run_summary import RunReport
 from analysis.transitions import changes_tables
 
 __all__ = ["analyze_runs", "DRILLDOWN_TRANSITIONS", "DRILLDOWN_STEPS", "DRILLDOWN_SAMPLES"]

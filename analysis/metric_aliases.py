@@ -1,7 +1,8 @@
 """Metrics that are one series under several names: found once, tested once.
 
-**Aliases.** Metrics identical up to a positive scale and shift (to float32 precision) (``kl``, ``kl/value``,
-``loss/kl = beta * kl``; ``loss``, ``loss/total``) have identical correlations: each group is
+**Aliases.** Metrics identical up to a positive scale and shift (to float32 precision) (``kl`` and
+``upstream/loss/kl = beta * kl`` with a fixed beta; in ``rg-tracer/1`` logs also ``kl/value`` and
+``loss/total``; a metric a user's scorer logs twice) have identical correlations: each group is
 tested once, under one name (a core schema key if there is one, else the shortest name), and
 the others are listed in its ``aliases`` column; they get no rows of their own.
 """
