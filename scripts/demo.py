@@ -20,10 +20,8 @@ from pathlib import Path
 from statsmodels.stats.proportion import proportion_confint
 
 from analysis import analyze_runs
-from rg_tracer.dapo.config import TrainConfig
-from rg_tracer.models import TinyModelSpec, init_model, quiet_transformers
+from rg_tracer.demo_run import DEMO_MODEL, build_demo_model, train_demo
 
-ROOT = Path(__file__).resolve().parent.parent
 RUNS = Path("runs/demo")
 
 #: what "learned" means here: held-out correctness at the last eval this much above the first
@@ -68,15 +66,12 @@ def report(records: list[dict], sft_steps: int) -> str:
 
 
 def main() -> int:
-    quiet_transformers()
     started = time.time()
     shutil.rmtree(RUNS, ignore_errors=True)
-    n_params = init_model(RUNS / "model", TinyModelSpec(arch="qwen2", layers=2, hidden=64, heads=4))
-    print(f"model: {RUNS / 'model'} (qwen2, {n_params:,} parameters, random init)")
-    from rg_tracer.dapo import train
-
-    config = TrainConfig.from_file(str(ROOT / "configs/demo/train.yaml"), model=str(RUNS / "model"))
-    trainer = train(config)
+    n_params = build_demo_model(RUNS)
+    print(f"model: {RUNS / 'model'} ({DEMO_MODEL.arch}, {n_params:,} parameters, random init)")
+    trainer = train_demo(RUNS)
+    config = trainer.config
     with trainer.run.log_path.open(encoding="utf-8") as log:
         records = [json.loads(line) for line in log]
     print(f"log: {trainer.run.log_path} ({trainer.step} steps: {config.sft_steps} supervised warm-up, "

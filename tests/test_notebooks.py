@@ -91,26 +91,18 @@ def test_notebook_runs(path, kernel_env):
 def existing_runs(tmp_path):
     """A runs directory as a user would have one: short runs of DAPO (``demo``), EGGROLL (``es``)
     and supervised-only training (``sft``, as ``make grokking`` writes: eval curves, no samples)."""
-    import torch
-
-    from rg_tracer.dapo.config import TrainConfig
-    from rg_tracer.dapo.trainer import train
+    from rg_tracer.demo_run import demo_run, train_demo
     from rg_tracer.eggroll.config import EggrollConfig
     from rg_tracer.eggroll.search import search
-    from rg_tracer.models import TinyModelSpec, init_model, quiet_transformers
 
-    torch.set_num_threads(1)
-    quiet_transformers()
-    runs = tmp_path / "runs"
-    init_model(tmp_path / "model", TinyModelSpec(arch="qwen2", layers=2, hidden=64, heads=4))
-    shared = dict(model=str(tmp_path / "model"), dataset=str(REPO / "datasets/toy_math/addition_tiny.jsonl"),
+    runs = tmp_path / "runs"  # the demo model goes to tmp_path / "model"; every run starts from it
+    shared = dict(dataset=str(REPO / "datasets/toy_math/addition_tiny.jsonl"),
                   reward_mixer=str(REPO / "configs/demo/reward_mixer.yaml"), progress=False)
-    train(TrainConfig.from_file(str(REPO / "configs/demo/train.yaml"), output_dir=str(runs / "demo"),
-                                max_steps=120, eval_every=40, save_every=0, **shared))
+    demo_run(tmp_path, output_dir=str(runs / "demo"), max_steps=120, eval_every=40, save_every=0, **shared)
     search(EggrollConfig.from_file(str(REPO / "configs/eggroll/demo.yaml"), output_dir=str(runs / "es"),
-                                   generations=30, eval_every=10, **shared))
-    train(TrainConfig.from_file(str(REPO / "configs/demo/train.yaml"), output_dir=str(runs / "sft"),
-                                sft_steps=60, max_steps=60, eval_every=20, diag_every=5, save_every=0, **shared))
+                                   model=str(tmp_path / "model"), generations=30, eval_every=10, **shared))
+    train_demo(tmp_path, output_dir=str(runs / "sft"), sft_steps=60, max_steps=60, eval_every=20, diag_every=5,
+               save_every=0, **shared)
     return runs
 
 
