@@ -9,11 +9,6 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOY = os.path.join(REPO, "datasets", "toy_math", "addition_small.jsonl")
-MIXER = os.path.join(REPO, "configs", "reward_mixer.yaml")
-
-
 @pytest.fixture(scope="session", autouse=True)
 def _one_thread():
     try:

@@ -4,25 +4,20 @@ import subprocess
 import sys
 
 import pytest
-from click.testing import CliRunner
 
 from rg_tracer.cli import cli
-from tests.conftest import MIXER, REPO, TOY
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+from tests.helpers import MIXER, REPO, TOY, invoke
 
 
 def test_every_command_has_help_with_an_example():
     for name, command in cli.commands.items():
-        result = invoke(name, "--help")
+        result = invoke(cli, name, "--help")
         assert result.exit_code == 0, name
         assert "Example" in result.output, f"{name} --help has no Example block"
 
 
 def test_train_help_lists_the_seed_flags():
-    out = invoke("train", "--help").output
+    out = invoke(cli, "train", "--help").output
     for flag in ("--model", "--dataset", "--output-dir", "--batch-size", "--group-size", "--learning-rate",
                  "--clip-ratio", "--kl-target", "--kl-coef", "--reward-mixer", "--eval-every", "--seed",
                  "--max-steps", "--resume", "--overwrite", "--scorer", "--config"):
@@ -31,14 +26,14 @@ def test_train_help_lists_the_seed_flags():
 
 def test_init_model_then_train_then_refuse_rerun(tmp_path):
     model = tmp_path / "model"
-    result = invoke("init-model", str(model), "--arch", "llama", "--layers", "1", "--hidden", "16", "--heads", "2")
+    result = invoke(cli, "init-model", str(model), "--arch", "llama", "--layers", "1", "--hidden", "16", "--heads", "2")
     assert result.exit_code == 0 and "parameters" in result.output
     args = ["train", "--model", str(model), "--dataset", TOY, "--output-dir", str(tmp_path / "run"),
             "--reward-mixer", MIXER, "--max-steps", "1", "--eval-every", "0", "--no-progress", "--threads", "1"]
-    result = invoke(*args)
+    result = invoke(cli, *args)
     assert result.exit_code == 0, result.output
     assert "train.jsonl" in result.output
-    again = invoke(*args)
+    again = invoke(cli, *args)
     assert again.exit_code == 1
     assert "already holds a run; pass --resume" in again.output
     assert "Traceback" not in again.output
@@ -57,7 +52,7 @@ def test_train_user_errors_are_one_line(tmp_path, tiny_model_dir, args, message)
     args = [a.format(model=tiny_model_dir("qwen2"), bad=bad) for a in args]
     if "--dataset" not in args:
         args += ["--dataset", TOY]
-    result = invoke("train", *args, "--output-dir", str(tmp_path / "run"), "--no-progress")
+    result = invoke(cli, "train", *args, "--output-dir", str(tmp_path / "run"), "--no-progress")
     assert result.exit_code == 1
     assert message in result.output
     assert "Traceback" not in result.output
@@ -65,20 +60,20 @@ def test_train_user_errors_are_one_line(tmp_path, tiny_model_dir, args, message)
 
 
 def test_init_model_rejects_bad_shapes(tmp_path):
-    result = invoke("init-model", str(tmp_path / "m"), "--hidden", "30", "--heads", "4")
+    result = invoke(cli, "init-model", str(tmp_path / "m"), "--hidden", "30", "--heads", "4")
     assert result.exit_code == 1 and "must be divisible" in result.output
-    result = invoke("init-model", str(tmp_path / "m"), "--arch", "mamba")
+    result = invoke(cli, "init-model", str(tmp_path / "m"), "--arch", "mamba")
     assert result.exit_code == 2 and "mamba" in result.output
 
 
 def test_config_file_with_overrides(tmp_path, tiny_model_dir):
     cfg = tmp_path / "train.yaml"
     cfg.write_text(f"dataset: {TOY}\nreward_mixer: {MIXER}\nmax_steps: 1\neval_every: 0\nbatch_size: 1\n")
-    result = invoke("train", "--config", str(cfg), "--model", str(tiny_model_dir("qwen2")),
+    result = invoke(cli, "train", "--config", str(cfg), "--model", str(tiny_model_dir("qwen2")),
                     "--output-dir", str(tmp_path / "run"), "--no-progress")
     assert result.exit_code == 0, result.output
     cfg.write_text("max_stepz: 1\n")
-    result = invoke("train", "--config", str(cfg), "--model", "x")
+    result = invoke(cli, "train", "--config", str(cfg), "--model", "x")
     assert result.exit_code == 1 and "unknown option 'max_stepz'" in result.output
 
 

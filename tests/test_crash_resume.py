@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from rg_tracer.runtime.log_writer import drop_torn_tail
 from rg_tracer.schema import supersede, validate
-from tests.conftest import MIXER, REPO, TOY
+from tests.helpers import MIXER, REPO, TOY
 
 STEPS = 12
 

@@ -11,7 +11,8 @@ from rg_tracer.dapo.objective import (
     clip_fraction, group_advantages, loss_correction, mixed_rewards, policy_loss, zero_variance_groups,
 )
 from rg_tracer.dapo.sampling import overlong_penalty
-from tests.test_training import config, read_log, train
+from rg_tracer.dapo.trainer import train
+from tests.helpers import config, read_log
 
 
 @pytest.mark.parametrize("length, expected", [(0, 0.0), (6, 0.0), (7, -0.25), (8, -0.5), (10, -1.0), (12, -1.0)])

@@ -3,7 +3,7 @@
 import json
 
 from rg_tracer.demo_run import demo_run
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def test_demo_settings_generalise_to_held_out_prompts(tmp_path):

@@ -2,7 +2,7 @@
 
 import importlib.util
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 spec = importlib.util.spec_from_file_location("demo_script", f"{REPO}/scripts/demo.py")
 demo = importlib.util.module_from_spec(spec)

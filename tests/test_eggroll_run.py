@@ -11,17 +11,9 @@ from click.testing import CliRunner
 from rg_tracer.cli.eggroll import eggroll_command, fitness
 from rg_tracer.eggroll.shaping import centered_rank
 from rg_tracer.schema import ES_KEYS, RL_KEYS, validate
-from tests.conftest import MIXER, REPO, TOY
+from tests.helpers import MIXER, REPO, TOY, assert_one_line_error, invoke, read_log
 
 N, P = 4, 2  # population, prompts per generation
-
-
-def read_log(path):
-    return [validate(json.loads(line)) for line in open(path, encoding="utf-8")]
-
-
-def invoke(command, *args):
-    return CliRunner().invoke(command, [str(a) for a in args], catch_exceptions=False)
 
 
 def search_args(model, out, *extra):
@@ -143,12 +135,6 @@ def test_every_command_has_help_with_an_example():
     for args in ([eggroll_command], [fitness], [fitness, "export"]):
         result = invoke(args[0], *args[1:], "--help")
         assert result.exit_code == 0 and "Example" in result.output
-
-
-def assert_one_line_error(result, message):
-    assert result.exit_code == 1, result.output
-    assert message in result.output, result.output
-    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("extra, message", [

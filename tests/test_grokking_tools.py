@@ -11,7 +11,8 @@ from rg_tracer.dapo.diagnostics import SlowGradient, weight_norms
 from rg_tracer.errors import UserError
 from rg_tracer.models import load_model
 from rg_tracer.tasks import make_split
-from tests.test_training import config, read_log, train
+from rg_tracer.dapo.trainer import train
+from tests.helpers import config, read_log
 
 
 @pytest.mark.parametrize("task, params, total", [

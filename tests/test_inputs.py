@@ -5,7 +5,7 @@ import pytest
 from rg_tracer.data import load_dataset, resolve_eval_path
 from rg_tracer.errors import UserError
 from rg_tracer.reward_mixer import check_overlap, load_reward_mixer
-from tests.conftest import MIXER, TOY
+from tests.helpers import MIXER, TOY
 
 
 def test_shipped_dataset_and_heldout_split_are_disjoint():

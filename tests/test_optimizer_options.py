@@ -18,7 +18,7 @@ from rg_tracer.dapo.optim import ClippingOptimizer, adamw, parameter_groups
 from rg_tracer.dapo.setup import prepare_run
 from rg_tracer.errors import UserError
 from rg_tracer.models import TinyModelSpec, init_model, load_model
-from tests.test_training import config, read_log
+from tests.helpers import config, read_log
 
 
 # -- parsing and validation ---------------------------------------------------------------
@@ -219,7 +219,7 @@ def test_init_model_seed_sets_the_initial_weights(tmp_path):
 # -- the grokking preset and its verdict ------------------------------------------------------
 def test_grokking_preset_parses_with_the_new_options():
     from rg_tracer.dapo.config import TrainConfig
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     cfg = TrainConfig.from_file(f"{REPO}/configs/grokking/mod31_sub.yaml")
     assert cfg.betas == (0.9, 0.98) and not cfg.sft_eos_loss and not cfg.clips_gradients
@@ -250,7 +250,7 @@ def _grokking_files(tmp_path, test_curve, grokking):
 def test_grokking_check_says_plainly_when_the_criterion_fails(tmp_path, curve, grokking, ok, says):
     import importlib.util
 
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     spec = importlib.util.spec_from_file_location("grokking_check", f"{REPO}/scripts/grokking_check.py")
     check = importlib.util.module_from_spec(spec)

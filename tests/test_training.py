@@ -1,27 +1,13 @@
 """Tiny real training runs: the real DAPOTrainer on randomly initialised HF models."""
 
-import json
-
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from rg_tracer.dapo.config import TrainConfig
 from rg_tracer.dapo.trainer import train
 from rg_tracer.errors import UserError
-from rg_tracer.schema import RL_KEYS, validate
-from tests.conftest import MIXER, TOY
-
-
-def config(tmp_path, model_dir, **overrides) -> TrainConfig:
-    base = dict(model=str(model_dir), dataset=TOY, output_dir=str(tmp_path / "run"), reward_mixer=MIXER,
-                batch_size=2, group_size=2, max_new_tokens=4, max_steps=2, eval_every=2, eval_samples=4,
-                learning_rate=1e-2, threads=1, progress=False)
-    return TrainConfig(**{**base, **overrides})
-
-
-def read_log(path):
-    return [validate(json.loads(line)) for line in open(path, encoding="utf-8")]
+from rg_tracer.schema import RL_KEYS
+from tests.helpers import config, read_log
 
 
 def weights(model_dir):

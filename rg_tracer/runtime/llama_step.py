@@ -1,7 +1,7 @@
 """A one-token decode step for Llama-family models (Llama, Qwen2) as plain tensor ops.
 
 Why it exists: on a CPU, a small model's decode step through the Hugging Face modules is
-mostly dispatch overhead, not arithmetic. Sampling 16 rows (``sampler_ab.py``, CPU per
+mostly dispatch overhead, not arithmetic. Sampling 16 rows (``benchmarks/RESULTS.md``, CPU per
 call): 32 tokens from the 137k-parameter benchmark Qwen2 took 48.6 ms with ``generate`` and
 13.3 ms through this step; 64 tokens from the 4.2M-parameter one, 346 vs 190 ms. The
 arithmetic is the model's own, with its weights, in its dtype; what differs:
