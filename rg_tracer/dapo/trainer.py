@@ -40,12 +40,12 @@ from rg_tracer.dapo.setup import PreparedRun, prepare_run
 from rg_tracer.dapo.upstream import dapo_trainer, upstream_metrics
 from rg_tracer.reward_mixer import check_overlap
 from rg_tracer.runtime.checkpoint import load_extra_tensors, load_optimizer_state, save_checkpoint
-from rg_tracer.runtime.evaluation import evaluate_splits
+from rg_tracer.runtime.evaluation import evaluate_run
 from rg_tracer.runtime.log_writer import JsonlLogger, drop_torn_tail
 from rg_tracer.runtime.policy_adapter import HFPolicyAdapter
-from rg_tracer.schema import end_record, eval_record, step_record
+from rg_tracer.schema import end_record, step_record
 from rg_tracer.runtime.run import (
-    SALT_EVAL_ORDER, SALT_SFT_BATCH, StopSignal, mix_seed, progress_bar, run_record,
+    SALT_SFT_BATCH, StopSignal, mix_seed, progress_bar, run_record,
 )
 
 __all__ = ["DAPOHybridTrainer", "train"]
@@ -222,14 +222,7 @@ class DAPOHybridTrainer:
     # -- evaluation ---------------------------------------------------------------
     def evaluate(self, step: int) -> list[dict]:
         """Greedy evaluation on the held-out split and a train sample: one ``eval`` record each."""
-        results = evaluate_splits(self.policy, self.run.scorer, self.run.train, self.run.eval,
-                                  max_new_tokens=self.config.max_new_tokens, eval_samples=self.config.eval_samples,
-                                  train_order_seed=mix_seed(self.config.seed, 0, SALT_EVAL_ORDER))
-        if not self._mixer_checked:  # the baseline eval may be the first record: refuse before it
-            check_overlap(self.run.mixer, set(results[0][2]), f"--reward-mixer {self.config.reward_mixer}")
-            self._mixer_checked = True
-        return [self.logger.write("eval", **eval_record(step=step, split=split, n=n, metrics=metrics))
-                for split, n, metrics in results]
+        return [self.logger.write("eval", **fields) for fields in evaluate_run(self.policy, self.run, step)]
 
     # -- the loop -----------------------------------------------------------------
     def fit(self) -> int:

@@ -35,14 +35,13 @@ from rg_tracer.eggroll.members import MemberEval, evaluate_members
 from rg_tracer.eggroll.shaping import shape_fitness
 from rg_tracer.models import load_model
 from rg_tracer.reward_mixer import check_overlap
-from rg_tracer.runtime.evaluation import evaluate_splits
+from rg_tracer.runtime.evaluation import evaluate_run
 from rg_tracer.runtime.log_writer import JsonlLogger
 from rg_tracer.runtime.policy_adapter import HFPolicyAdapter
 from rg_tracer.runtime.run import (
-    SALT_EVAL_ORDER, PromptOrder, RunInputs, StopSignal, claim_run_dir, load_inputs, mix_seed, progress_bar,
-    run_record,
+    PromptOrder, RunInputs, StopSignal, claim_run_dir, load_inputs, progress_bar, run_record,
 )
-from rg_tracer.schema import LOG_NAME, end_record, eval_record, step_record
+from rg_tracer.schema import LOG_NAME, end_record, step_record
 
 __all__ = ["EggrollRun", "EggrollSearch", "es_step", "prepare", "search"]
 
@@ -151,14 +150,7 @@ class EggrollSearch:
 
     def evaluate(self, generation: int) -> list[dict]:
         """Greedy evaluation on the held-out split and a train sample: one ``eval`` record each."""
-        results = evaluate_splits(self.policy, self.run.scorer, self.run.train, self.run.eval,
-                                  max_new_tokens=self.config.max_new_tokens, eval_samples=self.config.eval_samples,
-                                  train_order_seed=mix_seed(self.config.seed, 0, SALT_EVAL_ORDER))
-        if not self._mixer_checked:  # the baseline eval may be the first record: refuse before it
-            check_overlap(self.run.mixer, set(results[0][2]), f"--reward-mixer {self.config.reward_mixer}")
-            self._mixer_checked = True
-        return [self.logger.write("eval", **eval_record(step=generation, split=split, n=n, metrics=metrics))
-                for split, n, metrics in results]
+        return [self.logger.write("eval", **fields) for fields in evaluate_run(self.policy, self.run, generation)]
 
     def fit(self) -> int:
         cfg, run = self.config, self.run

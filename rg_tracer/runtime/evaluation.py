@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import random
 
+from rg_tracer.reward_mixer import check_overlap
+from rg_tracer.schema import eval_record
 from rg_tracer.scorers import run_scorer
 
-__all__ = ["evaluate_splits"]
+__all__ = ["evaluate_splits", "evaluate_run"]
 
 CHUNK = 64  # prompts per generation call
 
@@ -34,3 +36,16 @@ def evaluate_splits(policy, scorer, train, heldout, *, max_new_tokens: int, eval
                     sums[key] = sums.get(key, 0.0) + value
         results.append((split, len(examples), {k: v / len(examples) for k, v in sums.items()}))
     return results
+
+
+def evaluate_run(policy, run, step: int) -> list[dict]:
+    """The ``eval`` records (fields) of ``run`` (either search's prepared run) at ``step``:
+    its held-out split and a train sample, greedy. Refuses a reward mixer that weights none
+    of the scorer's axes before anything is written (an eval may be a run's first record)."""
+    from rg_tracer.runtime.run import SALT_EVAL_ORDER, mix_seed
+
+    cfg = run.config
+    results = evaluate_splits(policy, run.scorer, run.train, run.eval, max_new_tokens=cfg.max_new_tokens,
+                              eval_samples=cfg.eval_samples, train_order_seed=mix_seed(cfg.seed, 0, SALT_EVAL_ORDER))
+    check_overlap(run.mixer, set(results[0][2]), f"--reward-mixer {cfg.reward_mixer}")
+    return [eval_record(step=step, split=split, n=n, metrics=metrics) for split, n, metrics in results]
