@@ -302,10 +302,14 @@ def supersede(records: list[dict]) -> list[dict]:
 
 # -- record builders: every writer builds its records here -------------------------------
 def run_record(*, config: dict, versions: dict, model: dict, dataset: dict, reward_weights: dict,
-               resumed_from_step: int | None) -> dict:
-    """The fields of a ``run`` record (the writer adds ``schema``, ``kind`` and ``time``)."""
-    return dict(config=config, versions=versions, model=model, dataset=dataset, seed=config.get("seed"),
-                reward_weights=reward_weights, resumed_from_step=resumed_from_step)
+               resumed_from_step: int | None, distributed: dict | None = None) -> dict:
+    """The fields of a ``run`` record (the writer adds ``schema``, ``kind`` and ``time``);
+    ``distributed`` (``{world_size, backend}``) only for a run of several processes."""
+    fields = dict(config=config, versions=versions, model=model, dataset=dataset, seed=config.get("seed"),
+                  reward_weights=reward_weights, resumed_from_step=resumed_from_step)
+    if distributed:
+        fields["distributed"] = distributed
+    return fields
 
 
 def step_record(*, step: int, phase: str, rl: dict, gepa: list | None = None, generation: list | None = None,

@@ -49,8 +49,9 @@ def eggroll_command(ctx: click.Context, config_file: str | None, **options) -> N
     from rg_tracer.eggroll.search import search
 
     searcher = search(config)
-    click.echo(f"log: {searcher.run.log_path} (generation {searcher.generation}); "
-               f"weights: {searcher.run.run_dir / 'model'}")
+    if searcher.dist.is_main:  # under torchrun: one line, from rank 0
+        click.echo(f"log: {searcher.run.log_path} (generation {searcher.generation}); "
+                   f"weights: {searcher.run.run_dir / 'model'}")
 
 
 @click.group("fitness")

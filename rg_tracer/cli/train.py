@@ -31,4 +31,5 @@ def train_command(ctx: click.Context, config_file: str | None, **options) -> Non
     from rg_tracer.dapo.trainer import train
 
     trainer = train(config)
-    click.echo(f"log: {trainer.run.log_path} (step {trainer.step})")
+    if trainer.dist.is_main:  # under torchrun: one line, from rank 0
+        click.echo(f"log: {trainer.run.log_path} (step {trainer.step})")

@@ -63,6 +63,7 @@ class TrainConfig(RunOptions):
     max_steps: int = opt(100, "Last optimisation step (counted across --resume), supervised warm-up included.", STEPS)
     sft_steps: int = opt(0, "Supervised warm-up: steps 1..N train on prompt -> answer+EOS (cross-entropy) before RL starts.", STEPS)
     sft_batch_size: int = opt(0, "Examples per supervised step (0: the whole training split, full batch).", STEPS)
+    seed_per_prompt: bool = opt(False, "Seed each prompt's group from (seed, step, its place in the step's batch) and sample group by group: completions no longer depend on how many processes share the batch (torchrun), at one generate call per prompt.", SAMPLING)
     sft_eos_loss: bool = opt(True, "Include the EOS token in the supervised loss (mean over answer+EOS tokens); --no-sft-eos-loss trains on the answer tokens only.", STEPS)
     # -- optimizer -----------------------------------------------------------------------
     learning_rate: float = opt(1e-5, "AdamW learning rate.", OPTIMIZER)

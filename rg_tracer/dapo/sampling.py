@@ -8,6 +8,12 @@ Two DAPO techniques live here because they act before the loss:
   advantages are all 0 after group normalisation) and samples further prompts until
   the batch holds ``batch_size`` informative groups or ``max_sampling_rounds`` is hit;
   then it tops the batch up with dropped groups so every step has the same shape.
+
+Under ``torchrun`` each process takes a contiguous share of the step's prompts (whole groups,
+``rg_tracer.dapo.sharding``) and fills its share of the batch; rank 0 samples with the seed a
+one-process run uses, rank ``r`` with ``r`` folded into it. ``--seed-per-prompt`` seeds every
+group from its place in the step's batch instead, so completions do not depend on the number
+of processes.
 """
 
 from __future__ import annotations
@@ -55,10 +61,19 @@ class GroupSampler:
         return self.order.take(step, size)
 
     def _score(self, step: int, round_: int) -> ScoredBatch:
-        cfg, g = self.config, self.config.group_size
-        prompts = self.prompts(step, round_)
-        torch.manual_seed(mix_seed(cfg.seed, step, SALT_SAMPLING, round_))
-        rollout = self.policy.sample([e.prompt for e in prompts], g, cfg.max_new_tokens, cfg.temperature)
+        cfg, g, dist = self.config, self.config.group_size, self.run.dist
+        everyone = self.prompts(step, round_)
+        prompts = dist.shard(everyone)
+        if cfg.seed_per_prompt:
+            first = dist.rank * len(everyone) // dist.world_size
+            parts = []
+            for k, e in enumerate(prompts):
+                torch.manual_seed(mix_seed(cfg.seed, step, SALT_SAMPLING, round_, first + k))
+                parts.append(self.policy.sample([e.prompt], g, cfg.max_new_tokens, cfg.temperature))
+            rollout = Rollout.concat(parts, self.policy.tokenizer.pad_token_id)
+        else:
+            torch.manual_seed(mix_seed(cfg.seed, step, SALT_SAMPLING, round_, *([dist.rank] if dist.rank else [])))
+            rollout = self.policy.sample([e.prompt for e in prompts], g, cfg.max_new_tokens, cfg.temperature)
         rows = [e for e in prompts for _ in range(g)]
         scores = run_scorer(self.run.scorer, [e.prompt for e in rows], rollout.completions, [e.row for e in rows])
         feedbacks = []
@@ -74,6 +89,7 @@ class GroupSampler:
         first = self._score(step, 0)
         if not cfg.dynamic_sampling:
             return first
+        share = cfg.batch_size // self.run.dist.world_size  # groups this process fills
         kept, dropped, sampled, rounds = [], [], 0, 0
         batch = first
         while True:
@@ -82,11 +98,11 @@ class GroupSampler:
             sampled += len(flat)
             for group, is_flat in enumerate(flat):
                 (dropped if is_flat else kept).append((batch, group))
-            if len(kept) >= cfg.batch_size or rounds >= cfg.max_sampling_rounds:
+            if len(kept) >= share or rounds >= cfg.max_sampling_rounds:
                 break
             batch = self._score(step, rounds)
-        n_kept = min(len(kept), cfg.batch_size)
-        chosen = (kept + dropped)[: cfg.batch_size]
+        n_kept = min(len(kept), share)
+        chosen = (kept + dropped)[:share]
         merged = _merge(chosen, g, self.policy.tokenizer.pad_token_id)
         merged.stats = {"groups_sampled": sampled, "groups_kept": n_kept, "sampling_rounds": rounds}
         return merged

@@ -16,6 +16,10 @@ How it departs from a textbook DAPO/GRPO loop, because of the upstream ``DAPOTra
 5. Each step's prompts and sampling seeds derive from ``(seed, step)``
    (:func:`rg_tracer.runtime.run.mix_seed`), so ``--resume`` continues exactly where an
    uninterrupted run would be.
+6. Under ``torchrun`` every process runs this loop on its share of each step
+   (:mod:`rg_tracer.dapo.sharding`): gradients through DDP, upstream's trackers and adaptive
+   KL fed the whole step (:func:`rg_tracer.dapo.upstream.synchronise`), one Ctrl-C stops every
+   rank after the same step, and rank 0 alone writes the log and the checkpoints.
 """
 
 from __future__ import annotations
@@ -32,13 +36,15 @@ from gepa_dapo_grn.dapo_core import DAPOBatch
 from rg_tracer.dapo.config import TrainConfig
 from rg_tracer.dapo.diagnostics import SlowGradient, weight_norms
 from rg_tracer.dapo.objective import (
-    clip_fraction, group_advantages, loss_correction, mixed_rewards, zero_variance_groups,
+    clip_fraction, group_advantages, loss_correction, mixed_rewards,
 )
 from rg_tracer.dapo.optim import ClippingOptimizer, adamw
 from rg_tracer.dapo.sampling import GroupSampler, ScoredBatch
 from rg_tracer.dapo.setup import PreparedRun, prepare_run
-from rg_tracer.dapo.upstream import dapo_trainer, upstream_metrics
+from rg_tracer.dapo.sharding import batch_statistics, merge_step, sft_share
+from rg_tracer.dapo.upstream import dapo_trainer, synchronise, upstream_metrics
 from rg_tracer.reward_mixer import check_overlap
+from rg_tracer.runtime.distributed import wrap_for_gradients
 from rg_tracer.runtime.checkpoint import load_extra_tensors, load_optimizer_state, save_checkpoint
 from rg_tracer.runtime.evaluation import evaluate_run
 from rg_tracer.runtime.log_writer import JsonlLogger, drop_torn_tail
@@ -55,7 +61,9 @@ class DAPOHybridTrainer:
     def __init__(self, run: PreparedRun) -> None:
         cfg = self.config = run.config
         self.run = run
+        self.dist = run.dist
         self.policy = HFPolicyAdapter(run.model, run.tokenizer, lean_sampler=cfg.lean_sampler)
+        self.policy.train_model = wrap_for_gradients(run.model, self.dist)
         adam = adamw(run.model, cfg.learning_rate, cfg.weight_decay, cfg.betas, cfg.no_decay)
         tracks_slow = cfg.grokfast_lambda > 0 or cfg.diag_every > 0
         self.slow_gradient = SlowGradient(cfg.grokfast_alpha, cfg.grokfast_lambda) if tracks_slow else None
@@ -65,12 +73,13 @@ class DAPOHybridTrainer:
         reference = (HFPolicyAdapter(run.reference_model.requires_grad_(False), run.tokenizer)
                      if run.reference_model is not None else None)
         self.dapo = dapo_trainer(self.policy, self.optimizer, cfg, run.mixer, reference)
-        if run.resumed_from_step is not None:
+        self.trackers = synchronise(self.dapo, self.dist)
+        if run.resumed_from_step is not None and self.dist.is_main:
             torn = drop_torn_tail(run.log_path)
             if torn:
                 print(f"{run.log_path}: removed an unfinished last line ({torn} bytes) left by the previous process",
                       file=sys.stderr)
-        self.logger = JsonlLogger(run.log_path)
+        self.logger = JsonlLogger(run.log_path, enabled=self.dist.is_main)
         self.step = 0
         self.stop = StopSignal("stopping after this step (Ctrl-C again to abort without a checkpoint)")
         self._mixer_checked = False
@@ -102,12 +111,18 @@ class DAPOHybridTrainer:
             "curriculum": {k: dataclasses.asdict(v) for k, v in self.dapo.curriculum.tasks.items()},
             "safety": dataclasses.asdict(self.dapo.safety_controller.state),
             "config": self.config.to_dict(),
+            "world_size": self.dist.world_size,
         }
 
     def save(self):
+        """Rank 0 writes the checkpoint (every rank holds the same state); the others wait."""
         extra = {f"slow_gradient.{i}": t for i, t in self.slow_gradient.ema.items()} if self.slow_gradient else None
-        return save_checkpoint(self.run.run_dir, self.step, self.run.model, self.run.tokenizer,
-                               self.optimizer, self._trainer_state(), extra)
+        path = None
+        if self.dist.is_main:
+            path = save_checkpoint(self.run.run_dir, self.step, self.run.model, self.run.tokenizer,
+                                   self.optimizer, self._trainer_state(), extra)
+        self.dist.barrier()
+        return path
 
     # -- one step ---------------------------------------------------------------
     def train_step(self, step: int) -> dict:
@@ -120,22 +135,25 @@ class DAPOHybridTrainer:
             check_overlap(self.run.mixer, rewards, f"--reward-mixer {self.config.reward_mixer}")
             self._mixer_checked = True
         t1 = time.perf_counter()
-        rl = {**self._update(batch), **self._diagnostics(step)}
-        t2 = time.perf_counter()
         g = self.config.group_size
+        gepa = [fb.to_dict() for fb in batch.feedbacks]
+        generation = [
+            {"prompt_id": e.id, "completion_id": f"{e.id}#{i % g}", "prompt_tokens": pt,
+             "completion_tokens": ct, "truncated": tr, "completion": text}
+            for i, (e, pt, ct, tr, text) in enumerate(zip(
+                batch.examples, batch.rollout.prompt_tokens, batch.rollout.completion_tokens,
+                batch.rollout.truncated, batch.rollout.completions))
+        ]
+        rl = {**self._update(batch), **batch_statistics(gepa, generation, self.run.mixer, g), **batch.stats,
+              **self._diagnostics(step)}
+        t2 = time.perf_counter()
+        payload = merge_step(self.dist, self.run.mixer, g, {
+            "gepa": gepa, "generation": generation, "rl": rl,
+            "timing": {"sample_and_score": t1 - t0, "train": t2 - t1}})
         record = self.logger.write("step", **step_record(
-            step=step, phase="rl", rl=rl,
-            gepa=[fb.to_dict() for fb in batch.feedbacks],
-            generation=[
-                {"prompt_id": e.id, "completion_id": f"{e.id}#{i % g}", "prompt_tokens": pt,
-                 "completion_tokens": ct, "truncated": tr, "completion": text}
-                for i, (e, pt, ct, tr, text) in enumerate(zip(
-                    batch.examples, batch.rollout.prompt_tokens, batch.rollout.completion_tokens,
-                    batch.rollout.truncated, batch.rollout.completions))
-            ],
+            step=step, phase="rl", **payload,
             curriculum={k: dataclasses.asdict(v) for k, v in self.dapo.curriculum.tasks.items()},
             safety=dataclasses.asdict(self.dapo.safety_controller.state),
-            timing={"sample_and_score": t1 - t0, "train": t2 - t1},
         ))
         self.step = step
         return record
@@ -152,10 +170,10 @@ class DAPOHybridTrainer:
         if self.config.sft_batch_size:
             rng = random.Random(mix_seed(self.config.seed, step, SALT_SFT_BATCH))
             examples = [examples[rng.randrange(len(examples))] for _ in range(self.config.sft_batch_size)]
-            rollout = self._sft_rollout(examples)
+            rollout = self._sft_rollout(sft_share(self.dist, examples))
         else:  # the same batch every step: tokenise it once
             if self._sft_full_batch is None:
-                self._sft_full_batch = self._sft_rollout(examples)
+                self._sft_full_batch = self._sft_rollout(sft_share(self.dist, examples))
             rollout = self._sft_full_batch
         logp, _ = self.policy.logprobs_with_entropy(rollout.actions, **rollout.inputs)
         loss = -logp.mean()
@@ -164,8 +182,9 @@ class DAPOHybridTrainer:
         self.optimizer.step()
         rl = {"loss": loss.item(), "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": self.optimizer.last_grad_norm,
               "entropy": self.policy.last_entropy, "sft/examples": len(examples), **self._diagnostics(step)}
-        record = self.logger.write("step", **step_record(step=step, phase="sft", rl=rl,
-                                                         timing={"train": time.perf_counter() - t0}))
+        payload = merge_step(self.dist, self.run.mixer, self.config.group_size,
+                             {"gepa": [], "generation": [], "rl": rl, "timing": {"train": time.perf_counter() - t0}})
+        record = self.logger.write("step", **step_record(step=step, phase="sft", **payload))
         self.step = step
         return record
 
@@ -183,7 +202,10 @@ class DAPOHybridTrainer:
             weights = 1.0 - torch.tensor(rollout.truncated, dtype=torch.float32)
         logp_old, clip_fracs, corrections = None, [], []
         kl_coeff = self.dapo.config.kl_coeff
+        everyone = [fb for share in self.dist.all_gather(batch.feedbacks) for fb in share] if self.trackers else None
         for _ in range(cfg.updates_per_batch):
+            if self.trackers:  # upstream's trackers see the whole step, in global order, as in one process
+                self.trackers.update(everyone)
             logp, entropy = self.policy.score_for_update(rollout.actions, **rollout.inputs)
             if logp_old is None:
                 logp_old = logp.detach()  # same parameters, same forward: the batch is fresh
@@ -197,27 +219,19 @@ class DAPOHybridTrainer:
                 extra = -cfg.entropy_coef * entropy + (0.0 if extra is None else extra)
             result = self.dapo.train_step(DAPOBatch(rollout.inputs, rollout.actions, logp_old), batch.feedbacks,
                                           extra_loss=extra)
-        return self._rl_metrics(result.metrics, kl_coeff, batch, scalar, clip_fracs, corrections[-1])
+        return self._rl_metrics(result.metrics, kl_coeff, clip_fracs, corrections[-1])
 
-    def _rl_metrics(self, upstream: dict, kl_coeff: float, batch: ScoredBatch, scalar: torch.Tensor,
-                    clip_fracs: list[float], correction: float) -> dict:
-        rollout, no_kl = batch.rollout, self.config.kl_coef == 0
-        lengths = torch.tensor(rollout.completion_tokens, dtype=torch.float32)
-        rl = {
+    def _rl_metrics(self, upstream: dict, kl_coeff: float, clip_fracs: list[float], correction: float) -> dict:
+        """The update's ``rl`` numbers (the batch's own come from :func:`batch_statistics`)."""
+        return {
             "loss": upstream["loss/total"], "policy_loss": upstream["loss/policy"] + correction,
-            "kl": None if no_kl else upstream["kl/value"], "clip_ratio": sum(clip_fracs) / len(clip_fracs),
+            "kl": None if self.config.kl_coef == 0 else upstream["kl/value"],
+            "clip_ratio": sum(clip_fracs) / len(clip_fracs),
             "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": self.optimizer.last_grad_norm,
             "entropy": self.policy.last_entropy, "kl_coeff": kl_coeff,
-            "reward_mixed_mean": scalar.mean().item(), "reward_mixed_std": scalar.std(unbiased=False).item(),
-            "zero_std_group_frac": zero_variance_groups(scalar, self.config.group_size).float().mean().item(),
-            "completion_length_mean": lengths.mean().item(), "completion_length_min": lengths.min().item(),
-            "completion_length_max": lengths.max().item(),
-            "truncated_frac": sum(rollout.truncated) / len(rollout.truncated),
             **{f"clip_ratio/update_{k + 1}": c for k, c in enumerate(clip_fracs) if len(clip_fracs) > 1},
-            **batch.stats,
             **upstream_metrics(upstream),
         }
-        return rl
 
     # -- evaluation ---------------------------------------------------------------
     def evaluate(self, step: int) -> list[dict]:
@@ -229,7 +243,7 @@ class DAPOHybridTrainer:
         cfg, run = self.config, self.run
         start = self.step
         self.logger.stage("run", **run_record(cfg.to_dict(), run.model, run, run.resumed_from_step))
-        bar = progress_bar(cfg.max_steps, "train", cfg.progress, initial=start)
+        bar = progress_bar(cfg.max_steps, "train", cfg.progress and self.dist.is_main, initial=start)
         try:
             with self.stop:
                 if cfg.eval_every and start == 0 and run.resumed_from_step is None:
@@ -242,13 +256,13 @@ class DAPOHybridTrainer:
                         self.save()
                     bar.update(1)
                     bar.set_postfix_str(_postfix(record), refresh=False)
-                    if self.stop.requested:
+                    if self.dist.any(self.stop.requested):  # every rank stops after the same step
                         break
                 if self.step > start:
                     checkpoint = self.save()
                     status = "completed" if self.step == cfg.max_steps else "interrupted"
                     self.logger.write("end", **end_record(step=self.step, status=status))
-                    if status == "interrupted":
+                    if status == "interrupted" and self.dist.is_main:
                         print(f"interrupted after step {self.step}; checkpoint {checkpoint}; "
                               "continue with the same command plus --resume", file=sys.stderr)
         finally:

@@ -15,6 +15,14 @@ fixes its trap.
    ``mean(logp - 0)`` when there is no reference).
 5. The clip-higher/overlong correction through ``extra_loss`` (upstream has one symmetric
    ``eps`` and no sample weights) lives with the objective: ``rg_tracer.dapo.objective``.
+6. :class:`_DeviceSafeTrainer` — upstream mixes rewards into a CPU tensor and multiplies
+   them by the log-probs: on CUDA a device mismatch at step 1. The advantages follow the
+   log-probs' device.
+7. Under torchrun each process's ``train_step`` sees only its share of the batch:
+   :class:`GlobalTrackers` feeds upstream's curriculum and safety trackers the whole step's
+   feedback, in global order, on every rank, and :func:`synchronise` averages the KL over
+   ranks before the adaptive-KL update, so ``kl_coeff`` and the trackers stay identical
+   everywhere (and equal to a one-process run's).
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from gepa_dapo_grn import DAPOConfig, DAPOTrainer, SafetyController
 
 from rg_tracer.schema import UPSTREAM_PREFIX
 
-__all__ = ["StableSafety", "NoReference", "dapo_trainer", "upstream_metrics"]
+__all__ = ["StableSafety", "NoReference", "dapo_trainer", "upstream_metrics", "GlobalTrackers", "synchronise"]
 
 
 
@@ -44,6 +52,11 @@ class NoReference:
         return torch.zeros(actions.shape[0], device=actions.device)
 
 
+class _DeviceSafeTrainer(DAPOTrainer):
+    def _compute_policy_loss(self, logp_new: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor):
+        return super()._compute_policy_loss(logp_new, logp_old, advantages.to(logp_new.device))
+
+
 def dapo_trainer(policy, optimizer, config, mixer, reference=None) -> DAPOTrainer:
     """Upstream's trainer for ``config`` (a ``TrainConfig``) with the workarounds above; the KL
     reference is ``reference`` (a policy), or :class:`NoReference` when ``--kl-coef 0``."""
@@ -52,7 +65,8 @@ def dapo_trainer(policy, optimizer, config, mixer, reference=None) -> DAPOTraine
         target_kl=config.kl_target or 0.0, kl_horizon=config.kl_horizon,
         adaptive_kl=config.kl_target is not None, max_grad_norm=math.inf, group_size=config.group_size,
     )
-    trainer = DAPOTrainer(policy, optimizer, config=dapo_config, reward_mixer=mixer, safety_controller=StableSafety())
+    trainer = _DeviceSafeTrainer(policy, optimizer, config=dapo_config, reward_mixer=mixer,
+                                 safety_controller=StableSafety())
     if config.kl_coef == 0:
         trainer.ref_policy = NoReference()
     elif reference is not None:
@@ -73,3 +87,32 @@ def upstream_metrics(metrics: dict) -> dict:
     correction, ``kl/coeff`` the KL weight after the adaptive update (``kl_coeff``: the one
     this step used)."""
     return {UPSTREAM_PREFIX + k: v for k, v in metrics.items() if k not in _DUPLICATES}
+
+
+class GlobalTrackers:
+    """Upstream's curriculum and safety trackers, updated from the whole step's feedback.
+
+    ``train_step`` updates both from the feedbacks it is given: under torchrun, one rank's
+    share. Installed, upstream's per-call updates become no-ops and :meth:`update` applies
+    the gathered feedbacks (all ranks, global order) before each ``train_step`` call, as one
+    process would have."""
+
+    def __init__(self, dapo: DAPOTrainer) -> None:
+        self._curriculum, self._safety = dapo.curriculum.update, dapo.safety_controller.update
+        dapo.curriculum.update = lambda *args, **kwargs: None
+        dapo.safety_controller.update = lambda *args, **kwargs: None
+
+    def update(self, feedbacks: list) -> None:
+        for feedback in feedbacks:
+            self._curriculum(feedback.meta.get("task_id", "default"), feedback)
+            self._safety(feedback)
+
+
+def synchronise(dapo: DAPOTrainer, dist) -> GlobalTrackers | None:
+    """Under torchrun: the adaptive-KL update reads the KL averaged over ranks, and the trackers
+    are :class:`GlobalTrackers` (returned). In one process nothing changes (``None``)."""
+    if not dist.active:
+        return None
+    update_kl = dapo._update_kl_coeff
+    dapo._update_kl_coeff = lambda kl_value: update_kl(dist.mean(kl_value))
+    return GlobalTrackers(dapo)

@@ -16,6 +16,12 @@ generation ``g`` (logged as step ``g``):
 
 Unlike ``rg-tracer train`` there is no ``--resume``: a search is cheap to rerun and
 its state is the weights alone (saved to ``OUTPUT_DIR/model`` at the end).
+
+Under ``torchrun`` every process builds the same population, answers for its contiguous,
+pair-aligned range of members, and the ranks' reward vectors are gathered, so every rank
+mixes, shapes and updates from the same numbers: the weights never cross the wire and stay
+identical (a checksum over ranks after each update stops the search if they do not, e.g.
+on GPUs whose seeded noise differs). Rank 0 writes the log and the weights.
 """
 
 from __future__ import annotations
@@ -31,8 +37,9 @@ import torch
 
 from rg_tracer.eggroll.config import EggrollConfig
 from rg_tracer.eggroll.lowrank import Layer, Population, check_rank, es_update, find_layers
-from rg_tracer.eggroll.members import MemberEval, evaluate_members
+from rg_tracer.eggroll.members import MemberEval, answer, mix
 from rg_tracer.eggroll.shaping import shape_fitness
+from rg_tracer.errors import UserError
 from rg_tracer.models import load_model
 from rg_tracer.reward_mixer import check_overlap
 from rg_tracer.runtime.evaluation import evaluate_run
@@ -77,14 +84,19 @@ def prepare(config: EggrollConfig) -> EggrollRun:
     run_dir = Path(config.output_dir)
     claim_run_dir(run_dir, (MODEL_DIR,), config.overwrite, resumable=False)
     inputs = load_inputs(config)
+    w, pair = inputs.dist.world_size, 2 if config.antithetic else 1
+    if config.population % (w * pair):
+        raise UserError(f"--population {config.population} does not split among {w} processes in whole "
+                        f"{'antithetic pairs' if pair == 2 else 'members'}: use a multiple of {w * pair}")
     model, tokenizer = load_model(config.model, trust_remote_code=config.trust_remote_code)
     model.to(inputs.device).eval().requires_grad_(False)
     layers = find_layers(model)
     check_rank(layers, config.rank)
     log_path = run_dir / LOG_NAME
-    if config.overwrite:
+    if config.overwrite and inputs.dist.is_main:
         log_path.unlink(missing_ok=True)
         shutil.rmtree(run_dir / MODEL_DIR, ignore_errors=True)
+    inputs.dist.barrier()  # every process has checked the run directory before rank 0 writes to it
     return EggrollRun(**vars(inputs), config=config, model=model, tokenizer=tokenizer, layers=layers,
                       run_dir=run_dir, log_path=log_path)
 
@@ -93,7 +105,8 @@ class EggrollSearch:
     def __init__(self, run: EggrollRun) -> None:
         self.run, self.config = run, run.config
         self.policy = HFPolicyAdapter(run.model, run.tokenizer, lean_sampler=run.config.lean_sampler)
-        self.logger = JsonlLogger(run.log_path)
+        self.dist = run.dist
+        self.logger = JsonlLogger(run.log_path, enabled=self.dist.is_main)
         self.generation = 0
         self.stop = StopSignal("stopping after this generation (Ctrl-C again to abort)")
         self.order = PromptOrder(run.train.examples, run.config.seed)
@@ -103,18 +116,33 @@ class EggrollSearch:
         cfg, run = self.config, self.run
         population = Population(cfg.population, cfg.rank, cfg.sigma, cfg.seed, generation, cfg.antithetic)
         t0 = time.perf_counter()
-        ev = evaluate_members(self.policy, run.layers, population, self.order.take(generation, cfg.prompts), scorer=run.scorer,
-                              mapping=run.mapping, mixer=run.mixer, member_batch=cfg.member_batch,
-                              max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
+        mine = self.dist.shard(range(cfg.population))
+        part = answer(self.policy, run.layers, population, self.order.take(generation, cfg.prompts),
+                      scorer=run.scorer, mapping=run.mapping, member_batch=cfg.member_batch,
+                      max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, members=mine)
+        parts = self.dist.all_gather(part)
+        ev = mix(MemberEval.joined(parts) if self.dist.active else part, run.mixer, cfg.population)
         if not self._mixer_checked:  # the trainer's refusal, before the first line is written
             check_overlap(run.mixer, set(ev.feedbacks[0].rewards), f"--reward-mixer {cfg.reward_mixer}")
             self._mixer_checked = True
         t1 = time.perf_counter()
         raw, shaped, norm = es_step(run.layers, population, lambda _: ev.fitness, lr=cfg.lr, shaping=cfg.shaping)
+        self._check_same_weights(generation)
         t2 = time.perf_counter()
         record = self._log(generation, ev, raw, shaped, norm, {"generate": t1 - t0, "train": t2 - t1})
         self.generation = generation
         return record
+
+    def _check_same_weights(self, generation: int) -> None:
+        """Under torchrun: stop when the ranks' perturbed weights differ after an update."""
+        if not self.dist.active:
+            return
+        checksum = float(sum(layer.module.weight.detach().double().sum() for layer in self.run.layers))
+        sums = self.dist.all_gather(checksum)
+        if len(set(sums)) > 1:
+            raise RuntimeError(f"generation {generation}: the processes' weights differ after the update "
+                               f"(checksums {sums}); their seeded noise differs (mixed GPU models or MIG "
+                               "profiles?). Run on identical devices; see docs/distributed.md")
 
     def _log(self, generation: int, ev: MemberEval, raw: np.ndarray, shaped: np.ndarray, norm: float,
              timing: dict) -> dict:
@@ -157,22 +185,25 @@ class EggrollSearch:
         self.logger.stage("run", **run_record(
             {**cfg.to_dict(), "method": "eggroll"}, run.model, run, None, perturbed_layers=len(run.layers),
             perturbed_parameters=sum(layer.out_features * layer.in_features for layer in run.layers)))
-        bar = progress_bar(cfg.generations, "eggroll", cfg.progress)
+        bar = progress_bar(cfg.generations, "eggroll", cfg.progress and self.dist.is_main)
         try:
             with self.stop:
                 if cfg.eval_every:
                     self.evaluate(0)  # the baseline every later eval is read against
                 for generation in range(1, cfg.generations + 1):
                     record = self.step(generation)
-                    if cfg.evaluates_at(generation, last=generation == cfg.generations or self.stop.requested):
+                    stop = self.dist.any(self.stop.requested)  # every rank stops after the same generation
+                    if cfg.evaluates_at(generation, last=generation == cfg.generations or stop):
                         self.evaluate(generation)
                     bar.update(1)
                     bar.set_postfix_str(f"fitness={record['es']['fitness_mean']:.3f} "
                                         f"max={record['es']['fitness_max']:.3f}", refresh=False)
-                    if self.stop.requested:
+                    if stop:
                         break
-                run.model.save_pretrained(run.run_dir / MODEL_DIR)
-                run.tokenizer.save_pretrained(run.run_dir / MODEL_DIR)
+                if self.dist.is_main:
+                    run.model.save_pretrained(run.run_dir / MODEL_DIR)
+                    run.tokenizer.save_pretrained(run.run_dir / MODEL_DIR)
+                self.dist.barrier()
                 status = "completed" if self.generation == cfg.generations else "interrupted"
                 self.logger.write("end", **end_record(step=self.generation, status=status))
         finally:

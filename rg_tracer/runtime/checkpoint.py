@@ -58,8 +58,14 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, train
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
     root = Path(run_dir) / "checkpoints"
-    done = [p for p in root.glob("step-*") if (p / _STATE_FILE).is_file()] if root.is_dir() else []
+    # complete: the trainer state is written last, and the weights are there (under torch.distributed
+    # transformers writes them on rank 0 only, so a directory another rank wrote has none)
+    done = [p for p in root.glob("step-*") if (p / _STATE_FILE).is_file() and _has_weights(p)] if root.is_dir() else []
     return max(done, key=lambda p: p.name) if done else None
+
+
+def _has_weights(checkpoint: Path) -> bool:
+    return any(checkpoint.glob("model*.safetensors")) or any(checkpoint.glob("pytorch_model*.bin"))
 
 
 def read_trainer_state(checkpoint: Path) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 
 from rg_tracer.reward_mixer import check_overlap
+from rg_tracer.runtime.distributed import SINGLE
 from rg_tracer.schema import eval_record
 from rg_tracer.scorers import run_scorer
 
@@ -19,20 +20,30 @@ CHUNK = 64  # prompts per generation call
 
 
 def evaluate_splits(policy, scorer, train, heldout, *, max_new_tokens: int, eval_samples: int,
-                    train_order_seed: int) -> list[tuple[str, int, dict[str, float]]]:
-    """``[(split, n, {axis: mean})]`` for the held-out split (if any) and a train sample."""
+                    train_order_seed: int, dist=SINGLE) -> list[tuple[str, int, dict[str, float]]]:
+    """``[(split, n, {axis: mean})]`` for the held-out split (if any) and a train sample.
+
+    Under torchrun each process evaluates a contiguous share of the prompts and the per-axis
+    sums are gathered, so every rank returns the same means and no rank idles in a collective
+    while another evaluates alone."""
     results = []
     for split, dataset in ([("test", heldout)] if heldout else []) + [("train", train)]:
         examples = list(dataset.examples)
         if split == "train":
             random.Random(train_order_seed).shuffle(examples)
         examples = examples[: eval_samples or None]
+        mine = dist.shard(examples)
         sums: dict[str, float] = {}
-        for start in range(0, len(examples), CHUNK):
-            chunk = examples[start:start + CHUNK]
+        for start in range(0, len(mine), CHUNK):
+            chunk = mine[start:start + CHUNK]
             rollout = policy.sample([e.prompt for e in chunk], 1, max_new_tokens, greedy=True)
             for row in run_scorer(scorer, [e.prompt for e in chunk], rollout.completions, [e.row for e in chunk]):
                 for key, value in row.items():
+                    sums[key] = sums.get(key, 0.0) + value
+        if dist.active:
+            shares, sums = dist.all_gather(sums), {}
+            for share in shares:
+                for key, value in share.items():
                     sums[key] = sums.get(key, 0.0) + value
         results.append((split, len(examples), {k: v / len(examples) for k, v in sums.items()}))
     return results
@@ -46,6 +57,7 @@ def evaluate_run(policy, run, step: int) -> list[dict]:
 
     cfg = run.config
     results = evaluate_splits(policy, run.scorer, run.train, run.eval, max_new_tokens=cfg.max_new_tokens,
-                              eval_samples=cfg.eval_samples, train_order_seed=mix_seed(cfg.seed, 0, SALT_EVAL_ORDER))
+                              eval_samples=cfg.eval_samples, train_order_seed=mix_seed(cfg.seed, 0, SALT_EVAL_ORDER),
+                              dist=run.dist)
     check_overlap(run.mixer, set(results[0][2]), f"--reward-mixer {cfg.reward_mixer}")
     return [eval_record(step=step, split=split, n=n, metrics=metrics) for split, n, metrics in results]

@@ -73,8 +73,12 @@ def drop_torn_tail(path: Path) -> int:
 
 
 class JsonlLogger:
-    def __init__(self, path: str | Path) -> None:
+    """Appends records to ``path``, one flushed line each. ``enabled=False`` (a distributed
+    run's ranks other than 0) builds and returns the records but writes nothing."""
+
+    def __init__(self, path: str | Path, enabled: bool = True) -> None:
         self.path = Path(path)
+        self.enabled = enabled
         self._file = None
         self._staged: list[str] = []
 
@@ -86,6 +90,8 @@ class JsonlLogger:
 
     def write(self, kind: str, **fields: Any) -> dict:
         record, line = _line(kind, fields)
+        if not self.enabled:
+            return record
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "a", encoding="utf-8")

@@ -73,6 +73,9 @@ class HFPolicyAdapter(Policy):
     def __init__(self, model: torch.nn.Module, tokenizer, lean_sampler: bool = True) -> None:
         super().__init__()
         self.model = model
+        # the module gradient forwards go through: the model, or its DistributedDataParallel
+        # wrapper under torchrun (sampling, evaluation, clone() and saving use the bare model)
+        self.train_model = model
         self.tokenizer = tokenizer
         self.model.eval()
         self._keep_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
@@ -106,7 +109,7 @@ class HFPolicyAdapter(Policy):
         primed, self._primed = self._primed, None
         if primed is not None and primed[0] is actions and torch.is_grad_enabled():
             return primed[1]
-        return self._logprobs_and_entropy(actions, inputs)[0]
+        return self._logprobs_and_entropy(actions, inputs, self.model)[0]
 
     def score_for_update(self, actions: torch.Tensor, **inputs: torch.Tensor):
         """One forward with gradients: ``(logp, entropy)``, (N,) and scalar.
@@ -120,18 +123,19 @@ class HFPolicyAdapter(Policy):
         return logp, entropy
 
     def logprobs_with_entropy(self, actions: torch.Tensor, **inputs: torch.Tensor):
-        """``(logp, entropy)`` with gradients; records the entropy as ``last_entropy``."""
-        logp, entropy = self._logprobs_and_entropy(actions, inputs)
+        """``(logp, entropy)`` with gradients (through :attr:`train_model`); records the entropy
+        as ``last_entropy``."""
+        logp, entropy = self._logprobs_and_entropy(actions, inputs, self.train_model)
         self.last_entropy = float(entropy.detach())
         return logp, entropy
 
-    def _logprobs_and_entropy(self, actions: torch.Tensor, inputs: dict):
+    def _logprobs_and_entropy(self, actions: torch.Tensor, inputs: dict, model: torch.nn.Module):
         input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
         completion_mask = inputs["completion_mask"].to(torch.float32)  # (N, C)
         c = actions.shape[1]
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         kwargs = {"logits_to_keep": c + 1} if self._keep_logits else {}
-        logits = self.model(
+        logits = model(
             input_ids=input_ids, attention_mask=attention_mask,
             position_ids=position_ids, use_cache=False, **kwargs,
         ).logits

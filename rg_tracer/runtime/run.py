@@ -28,6 +28,7 @@ from typing import Any
 from rg_tracer import schema
 from rg_tracer.data import Dataset, load_dataset, resolve_eval_path
 from rg_tracer.errors import UserError
+from rg_tracer.runtime.distributed import Dist
 from rg_tracer.reward_mixer import load_reward_mixer
 from rg_tracer.scorers import load_scorer
 from rg_tracer.scorers.mapping import FeedbackMappingConfig
@@ -71,13 +72,16 @@ class RunInputs:
     mapping: FeedbackMappingConfig
     mixer: Any
     device: Any
+    dist: Dist
 
 
 def load_inputs(config) -> RunInputs:
-    """Load ``config``'s mixer, datasets and scorer; pick the device and the torch threads."""
+    """Load ``config``'s mixer, datasets and scorer; join the process group ``torchrun``
+    started, if any (:mod:`.distributed`); pick the device and the torch threads."""
     import torch
 
     from rg_tracer.models import resolve_device
+    from rg_tracer.runtime.distributed import init_distributed
 
     if not Path(config.reward_mixer).is_file():
         raise UserError(f"--reward-mixer {config.reward_mixer}: no such file (see configs/reward_mixer.yaml for the format)")
@@ -88,10 +92,11 @@ def load_inputs(config) -> RunInputs:
     scorer = load_scorer(config.scorer)
     # A scorer may declare which of its keys are tags/verifier signals; the rest are rewards.
     mapping = getattr(scorer, "feedback_mapping", None) or FeedbackMappingConfig()
-    device = resolve_device(config.device)
+    dist = init_distributed(config.device)
+    device = resolve_device(f"cuda:{dist.local_rank}" if dist.backend == "nccl" else config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
-    return RunInputs(train, eval_set, scorer, mapping, mixer, device)
+    return RunInputs(train, eval_set, scorer, mapping, mixer, device, dist)
 
 
 def claim_run_dir(run_dir: Path, artefacts: tuple[str, ...], overwrite: bool, resumable: bool) -> bool:
@@ -178,9 +183,10 @@ def versions() -> dict:
 
 def run_record(config: dict, model, inputs: RunInputs, resumed_from_step: int | None, **model_extra) -> dict:
     """The fields of a ``run`` record (:func:`rg_tracer.schema.run_record`): the config,
-    versions, the model (``model_extra`` adds search-specific facts), the datasets and the
-    mixer's weights."""
+    versions, the model (``model_extra`` adds search-specific facts), the datasets, the
+    mixer's weights and, under torchrun, ``distributed: {world_size, backend}``."""
     return schema.run_record(
+        distributed=inputs.dist.describe(),
         config=config, versions=versions(),
         model={"name_or_path": config["model"], "arch": type(model).__name__,
                "parameters": sum(p.numel() for p in model.parameters()), **model_extra},
