@@ -150,6 +150,8 @@ class DAPOHybridTrainer:
         payload = merge_step(self.dist, self.run.mixer, g, {
             "gepa": gepa, "generation": generation, "rl": rl,
             "timing": {"sample_and_score": t1 - t0, "train": t2 - t1}})
+        if self.dist.active:  # the log's gather to rank 0 (the gradient all-reduce is inside "train")
+            payload["timing"]["gather"] = time.perf_counter() - t2
         record = self.logger.write("step", **step_record(
             step=step, phase="rl", **payload,
             curriculum={k: dataclasses.asdict(v) for k, v in self.dapo.curriculum.tasks.items()},
@@ -202,6 +204,7 @@ class DAPOHybridTrainer:
             weights = 1.0 - torch.tensor(rollout.truncated, dtype=torch.float32)
         logp_old, clip_fracs, corrections = None, [], []
         kl_coeff = self.dapo.config.kl_coeff
+        share = self._token_share(rollout)
         everyone = [fb for share in self.dist.all_gather(batch.feedbacks) for fb in share] if self.trackers else None
         for _ in range(cfg.updates_per_batch):
             if self.trackers:  # upstream's trackers see the whole step, in global order, as in one process
@@ -216,19 +219,29 @@ class DAPOHybridTrainer:
                                     weights=None if weights is None else weights.to(logp.device))
             corrections.append(0.0 if extra is None else extra.item())
             if cfg.entropy_coef:
-                extra = -cfg.entropy_coef * entropy + (0.0 if extra is None else extra)
+                extra = -cfg.entropy_coef * share * entropy + (0.0 if extra is None else extra)
             result = self.dapo.train_step(DAPOBatch(rollout.inputs, rollout.actions, logp_old), batch.feedbacks,
                                           extra_loss=extra)
-        return self._rl_metrics(result.metrics, kl_coeff, clip_fracs, corrections[-1])
+        return self._rl_metrics(result.metrics, kl_coeff, clip_fracs, corrections[-1], share)
 
-    def _rl_metrics(self, upstream: dict, kl_coeff: float, clip_fracs: list[float], correction: float) -> dict:
+    def _token_share(self, rollout) -> float:
+        """This rank's completion tokens over the ranks' mean (1 in one process). The entropy is a
+        token mean per rank and DDP averages ranks, so weighting by it makes the averaged bonus
+        (and the logged mean) the whole batch's token mean, as in one process."""
+        if not self.dist.active:
+            return 1.0
+        tokens = float(rollout.inputs["completion_mask"].sum())
+        return tokens / max(self.dist.mean(tokens), 1.0)
+
+    def _rl_metrics(self, upstream: dict, kl_coeff: float, clip_fracs: list[float], correction: float,
+                    share: float) -> dict:
         """The update's ``rl`` numbers (the batch's own come from :func:`batch_statistics`)."""
         return {
             "loss": upstream["loss/total"], "policy_loss": upstream["loss/policy"] + correction,
             "kl": None if self.config.kl_coef == 0 else upstream["kl/value"],
             "clip_ratio": sum(clip_fracs) / len(clip_fracs),
             "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": self.optimizer.last_grad_norm,
-            "entropy": self.policy.last_entropy, "kl_coeff": kl_coeff,
+            "entropy": self.policy.last_entropy * share, "kl_coeff": kl_coeff,
             **{f"clip_ratio/update_{k + 1}": c for k, c in enumerate(clip_fracs) if len(clip_fracs) > 1},
             **upstream_metrics(upstream),
         }
