@@ -15,6 +15,7 @@ initial weights). Importing this module does not import torch, transformers or
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +24,7 @@ from rg_tracer.models import TinyModelSpec
 if TYPE_CHECKING:
     from rg_tracer.dapo.trainer import DAPOHybridTrainer
 
-__all__ = ["DEMO_MODEL", "build_demo_model", "demo_run", "repo_root", "train_demo"]
+__all__ = ["DEMO_MODEL", "build_demo_model", "demo_run", "repo_root", "runs_from_env", "train_demo"]
 
 #: the demo's model: 2 layers, hidden 64, 4 heads, ~137k parameters with the char tokenizer
 DEMO_MODEL = TinyModelSpec(arch="qwen2", layers=2, hidden=64, heads=4)
@@ -42,6 +43,22 @@ def repo_root() -> Path:
     import rg_tracer  # an editable install knows where its checkout is
 
     return Path(rg_tracer.__file__).resolve().parent.parent
+
+
+def runs_from_env(variable: str = "RG_TRACER_RUNS") -> Path | None:
+    """The runs directory a notebook was pointed at (``None`` when unset), absolute. A relative
+    path is taken from the working directory when it exists there, else from the checkout:
+    Jupyter starts a notebook's kernel in ``notebooks/``, while users write paths from the
+    repository root (``RG_TRACER_RUNS=runs/ jupyter lab notebooks/``)."""
+    value = os.environ.get(variable)
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_absolute() and not path.exists():
+        path = repo_root() / path
+    if not path.exists():
+        raise FileNotFoundError(f"{variable}={value}: no such directory (tried {Path.cwd() / value} and {path})")
+    return path.resolve()
 
 
 def build_demo_model(work_dir: str | Path) -> int:

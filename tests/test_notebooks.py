@@ -107,8 +107,9 @@ def existing_runs(tmp_path):
 
 
 def test_notebooks_read_RG_TRACER_RUNS(existing_runs, kernel_env, monkeypatch):
-    """With RG_TRACER_RUNS set, the notebooks train nothing and read the runs given."""
-    monkeypatch.setenv("RG_TRACER_RUNS", str(existing_runs))
+    """With RG_TRACER_RUNS set, the notebooks train nothing and read the runs given. As the docs
+    write it: a path relative to the repository root, while the kernel runs elsewhere."""
+    monkeypatch.setenv("RG_TRACER_RUNS", os.path.relpath(existing_runs, REPO))
     before = sorted(p.relative_to(existing_runs) for p in existing_runs.rglob("*.jsonl"))
     for path in NOTEBOOKS:
         _execute(path, kernel_env / path.stem)

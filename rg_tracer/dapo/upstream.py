@@ -1,5 +1,5 @@
 """Every workaround for upstream ``gepa_dapo_grn`` (0.4.x) in one place, each with the trap it
-answers (numbers refer to ``shared/notes/gepa-dapo-grn.md``). Delete an entry when upstream
+answers (numbers refer to ``docs/notes/gepa-dapo-grn.md``). Delete an entry when upstream
 fixes its trap.
 
 1. :class:`StableSafety` — ``SafetyController.adjust_configs`` resets ``kl_coeff`` and

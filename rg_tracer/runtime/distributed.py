@@ -9,7 +9,7 @@ one-process run does exactly what it did before distribution existed.
 gloo on CPU, NCCL on CUDA (each process on ``cuda:LOCAL_RANK``). The collectives used are
 the few a step needs: a barrier, a mean of one number, an "any rank" flag, and object
 gathers (all ranks, or to rank 0 only for log payloads). Design and measurements:
-``shared/notes/distributed.md`` and ``docs/distributed.md``.
+``docs/notes/distributed-study.md`` and ``docs/distributed.md``.
 """
 
 from __future__ import annotations
