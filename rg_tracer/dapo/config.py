@@ -71,6 +71,7 @@ class TrainConfig(RunOptions):
     weight_decay_exclude: str = opt("", "Parameter kinds that get no weight decay, comma-separated from biases, norms, embeddings (e.g. 'norms,embeddings'; a tied output layer counts as the embedding); empty: every parameter is decayed.", OPTIMIZER)
     adam_betas: str = opt("0.9,0.999", "AdamW betas as B1,B2 (grokking runs use 0.9,0.98).", OPTIMIZER)
     max_grad_norm: float = opt(1.0, "Clip the gradient L2 norm to this value; 0 or inf: no clipping (the log records the norm before clipping either way).", OPTIMIZER)
+    skip_nonfinite: bool = opt(False, "Skip a step whose gradient norm is not finite (no optimizer update; the step is logged with null loss and grad_norm) instead of stopping the run with a checkpoint of the last good step.", OPTIMIZER)
     # -- the DAPO objective --------------------------------------------------------------
     clip_ratio: float = opt(0.2, "Policy-ratio clip range epsilon.", OBJECTIVE)
     clip_ratio_high: float | None = opt(None, "Upper clip epsilon, 1+eps_high (DAPO's clip-higher: 0.28); default: --clip-ratio.", OBJECTIVE)
@@ -90,13 +91,14 @@ class TrainConfig(RunOptions):
     diag_every: int = opt(10, "Log grokking diagnostics (weight norms, slow/fast gradient ratio) every N steps (0: off, saves one gradient-sized buffer).", GROKKING)
     # -- checkpoints and resume ----------------------------------------------------------
     save_every: int = opt(0, "Write a checkpoint every N steps (0: only at the end).", RUN_DIR)
+    keep_checkpoints: int = opt(0, "Keep only the newest N checkpoints, deleting the oldest after each successful save (0: keep all).", RUN_DIR)
     resume: bool = opt(False, "Continue the run in --output-dir from its latest checkpoint; options that change the trajectory must equal the checkpoint's.", RUN_DIR)
     resume_with_changes: bool = opt(False, "With --resume: continue even though options that change the trajectory (seed, batch size, learning rate, ...) differ from the checkpoint's; the new values apply from the next step.", RUN_DIR)
 
     SECTIONS: ClassVar[tuple[str, ...]] = (INPUTS, STEPS, OPTIMIZER, OBJECTIVE, SAMPLING, EVALUATION, GROKKING,
                                            RUN_DIR, MACHINE)
     RESUME_MAY_DIFFER: ClassVar[tuple[str, ...]] = RunOptions.RESUME_MAY_DIFFER + (
-        "max_steps", "save_every", "diag_every", "resume", "resume_with_changes",
+        "max_steps", "save_every", "diag_every", "resume", "resume_with_changes", "keep_checkpoints", "skip_nonfinite",
     )
     # The restored AdamW keeps the checkpoint's betas and parameter groups: another value
     # would be ignored (betas) or could not load (groups).
@@ -126,6 +128,7 @@ class TrainConfig(RunOptions):
             (self.grokfast_lambda >= 0, f"--grokfast-lambda {self.grokfast_lambda} must be >= 0"),
             (self.diag_every >= 0, f"--diag-every {self.diag_every} must be >= 0"),
             (self.save_every >= 0, f"--save-every {self.save_every} must be >= 0"),
+            (self.keep_checkpoints >= 0, f"--keep-checkpoints {self.keep_checkpoints} must be >= 0 (0: keep all)"),
             (not (self.resume and self.overwrite), "--resume and --overwrite contradict each other; pass one"),
             (self.resume or not self.resume_with_changes, "--resume-with-changes only applies with --resume; add --resume"),
         ]

@@ -3,7 +3,9 @@
 * :func:`load_inputs` loads and checks the inputs both searches read (reward mixer, datasets,
   scorer and its feedback mapping, device, threads), raising :class:`UserError` before the
   run directory is touched, so a bad option never leaves a half-written run behind.
-* :func:`claim_run_dir` refuses to write into a directory that already holds a run unless told.
+* :func:`claim_run_dir` takes the run directory's lock (one process at a time; rank 0 under
+  torchrun) and refuses to write into a directory that already holds a run unless told;
+  :func:`release_run_dir` lets go.
 * :func:`mix_seed` is the one seed function: every random choice of a run (prompt order,
   sampling, perturbations, eval samples) is seeded by ``mix_seed(seed, index, salt, ...)``,
   so a resumed run draws what an unbroken one would. The salts are named below.
@@ -16,6 +18,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import platform
 import random
 import signal
@@ -34,7 +38,8 @@ from rg_tracer.scorers import load_scorer
 from rg_tracer.scorers.mapping import FeedbackMappingConfig
 
 __all__ = [
-    "RunInputs", "load_inputs", "claim_run_dir", "mix_seed", "PromptOrder", "StopSignal", "progress_bar",
+    "RunInputs", "load_inputs", "claim_run_dir", "release_run_dir", "LOCK_NAME", "mix_seed", "PromptOrder",
+    "StopSignal", "progress_bar",
     "run_record", "versions", "SALT_SAMPLING", "SALT_PROMPT_ORDER", "SALT_EVAL_ORDER", "SALT_SFT_BATCH",
     "SALT_RESAMPLE", "SALT_MEMBER_SAMPLING",
 ]
@@ -102,12 +107,80 @@ def load_inputs(config) -> RunInputs:
 def claim_run_dir(run_dir: Path, artefacts: tuple[str, ...], overwrite: bool, resumable: bool) -> bool:
     """Whether ``run_dir`` already holds a run (its log or one of ``artefacts``); refuses to go
     on unless ``overwrite`` (the caller deletes it once every input has loaded) or the caller
-    resumes it. ``resumable`` adds --resume to the error's fixes."""
+    resumes it. ``resumable`` adds --resume to the error's fixes. First takes the directory's
+    lock (:func:`_lock`), held until :func:`release_run_dir`, the end of the command that
+    claimed it (when a click command runs: its context's close), or the end of the process."""
+    run_dir = Path(run_dir)
+    if _lock(run_dir):
+        import click
+
+        ctx = click.get_current_context(silent=True)
+        if ctx is not None:  # `train`, `eggroll`: released when the command returns or fails
+            ctx.call_on_close(lambda: release_run_dir(run_dir))
     has_run = (run_dir / schema.LOG_NAME).exists() or any((run_dir / a).exists() for a in artefacts)
     if has_run and not overwrite:
+        release_run_dir(run_dir)
         fixes = "pass --resume to continue it, --overwrite to replace it," if resumable else "pass --overwrite to replace it"
         raise UserError(f"{run_dir} already holds a run; {fixes} or choose another --output-dir")
     return has_run
+
+
+#: The lock file inside a run directory; it holds the PID of the process that has the lock.
+LOCK_NAME = ".lock"
+#: run directory -> (its lock file's descriptor, whether the claim created the directory)
+_held: dict[Path, tuple[int, bool]] = {}
+
+
+def _lock(run_dir: Path) -> bool:
+    """An exclusive ``flock`` on ``run_dir/.lock`` for this process: a second run in the same
+    directory (``--resume`` twice, or ``train`` and ``eggroll``) stops with the holder's PID.
+    The OS drops it when the process dies, even by SIGKILL. Under torchrun only rank 0 takes it
+    (the other ranks never write there). Taken again by the same process, it is a no-op.
+    Returns whether this call took it."""
+    key = run_dir.resolve()
+    if os.environ.get("RANK", "0") != "0" or key in _held:
+        return False
+    created = not run_dir.exists()
+    path = run_dir / LOCK_NAME
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise UserError(f"{run_dir} is in use by another process (PID {holder}); wait for it to end or "
+                                "stop it, or choose another --output-dir") from None
+            try:  # the file we locked is still the one at `path` (a releasing holder may have removed it)
+                if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+    except OSError as exc:
+        raise UserError(f"{run_dir}: cannot take the run directory's lock ({exc.strerror})") from None
+    _held[key] = (fd, created)
+    return True
+
+
+def release_run_dir(run_dir: Path) -> None:
+    """Let go of :func:`claim_run_dir`'s lock; a directory the claim created and nothing else
+    wrote to (a run that failed before its first record) is removed."""
+    run_dir = Path(run_dir)
+    fd, created = _held.pop(run_dir.resolve(), (None, False))
+    if fd is None:
+        return
+    try:
+        if created and [p.name for p in run_dir.iterdir()] == [LOCK_NAME]:
+            (run_dir / LOCK_NAME).unlink()
+            run_dir.rmdir()
+    except OSError:
+        pass
+    os.close(fd)
 
 
 class PromptOrder:
