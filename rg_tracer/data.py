@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +38,9 @@ class Dataset:
         return {"path": str(self.path), "sha256": self.sha256, "rows": len(self.examples)}
 
 
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _field(row: dict, name: str, where: str) -> str:
     if name not in row:
         raise UserError(f"{where}: missing field {name!r}; every row needs 'prompt' and 'answer'")
@@ -45,7 +50,26 @@ def _field(row: dict, name: str, where: str) -> str:
     text = str(value)
     if name == "prompt" and not text:
         raise UserError(f"{where}: field 'prompt' is empty")
+    if name == "answer" and _NUMBER.fullmatch(text.strip()) and not math.isfinite(float(text)):
+        raise UserError(f"{where}: field 'answer' is a {len(text.strip())}-character number, beyond what scorers "
+                        "compare (numbers are compared as floats, below 1e308); shorten it or drop the row")
     return text
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number; write null or a finite number")
+
+
+def _check_unicode(row: dict, where: str) -> None:
+    """Refuse lone surrogates (``"\\ud800"``): valid JSON escapes, but no valid text; tokenizers
+    and the UTF-8 log cannot take them."""
+    for key, value in row.items():
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+            key.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise UserError(f"{where}: field {key!r} holds a lone surrogate ({exc.object[exc.start:exc.end]!a}), "
+                            "which is not text; escape a character as a pair (\\ud83d\\ude00) or as UTF-8") from None
 
 
 def load_dataset(path: str | Path) -> Dataset:
@@ -66,11 +90,15 @@ def load_dataset(path: str | Path) -> Dataset:
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise UserError(f"{where}: not valid JSON ({exc}); each line must be one JSON object") from None
+            row = json.loads(line, parse_constant=_refuse_constant)
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, too many digits, NaN
+            reason = str(exc).splitlines()[0] if str(exc) else "nested too deeply"
+            if reason.startswith("Exceeds the limit"):  # Python reads integers of at most 4300 digits
+                reason = "a number has more than 4300 digits"
+            raise UserError(f"{where}: not valid JSON ({reason}); each line must be one JSON object") from None
         if not isinstance(row, dict):
             raise UserError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        _check_unicode(row, where)
         prompt, answer = _field(row, "prompt", where), _field(row, "answer", where)
         ex_id = str(row.get("id", f"{path.stem}-{lineno}"))
         if ex_id in seen:

@@ -16,10 +16,14 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from rg_tracer.errors import UserError
+from rg_tracer.options import SEED_LIMIT
 
-__all__ = ["ARCHS", "TinyModelSpec", "init_model", "load_model", "quiet_transformers", "resolve_device"]
+__all__ = ["ARCHS", "TinyModelSpec", "init_model", "load_model", "quiet_transformers", "resolve_device",
+           "check_context"]
 
 ARCHS = ("gpt2", "llama", "qwen2")
+#: Device types a run can compute on (``meta`` holds shapes only, no numbers).
+DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,8 @@ class TinyModelSpec:
         for name in ("layers", "hidden", "heads", "max_positions"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.seed < SEED_LIMIT:
+            raise UserError(f"--seed {self.seed} must be in [0, 2**64): torch seeds are 64-bit")
         if self.hidden % self.heads:
             raise UserError(
                 f"--hidden {self.hidden} must be divisible by --heads {self.heads} "
@@ -103,8 +109,19 @@ def resolve_device(name: str):
         device = torch.device(name)
     except RuntimeError as exc:
         raise UserError(f"--device {name!r}: {exc}") from None
+    if device.type not in DEVICE_TYPES:
+        held = " (it holds shapes, no numbers)" if device.type == "meta" else ""
+        raise UserError(f"--device {name!r}: a run cannot compute on {device.type}{held}; "
+                        f"use auto, {', '.join(DEVICE_TYPES)}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name!r} but no CUDA device is available; use --device cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {name!r} but MPS (Apple GPU) is not available; use --device cpu")
+    if device.type == "xpu" and not torch.xpu.is_available():
+        raise UserError(f"--device {name!r} but no XPU device is available; use --device cpu")
+    count = {"cuda": torch.cuda.device_count, "xpu": torch.xpu.device_count}.get(device.type)
+    if count and device.index is not None and device.index >= count():
+        raise UserError(f"--device {name!r}: there are {count()} {device.type} device(s), numbered from 0")
     return device
 
 
@@ -151,25 +168,105 @@ _GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
 
 def load_model(name_or_path: str, *, trust_remote_code: bool = False):
     """Return ``(model, tokenizer)`` from a directory or hub name, tokenizer left-padding."""
+    import pickle
+
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     local = Path(name_or_path).is_dir()
     kwargs = dict(trust_remote_code=trust_remote_code)
+    where = "directory" if local else "model"
+    if local:
+        _refuse_pickled_weights(Path(name_or_path))
     try:
         if local:
             tokenizer = _local_tokenizer(name_or_path, kwargs)
-            model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(name_or_path, use_safetensors=True, **kwargs)
         else:
             tokenizer, model = _load_from_hub(name_or_path, kwargs)
     except UserError:
         raise
-    except (OSError, ValueError) as exc:
-        where = "directory" if local else "model"
-        raise UserError(f"could not load {where} {name_or_path!r}: {str(exc).splitlines()[0]}") from exc
+    except SafetensorError as exc:
+        raise UserError(f"could not load {where} {name_or_path!r}: its safetensors weights are corrupt "
+                        f"({str(exc).splitlines()[0]}); save the model again") from None
+    except (OSError, ValueError, pickle.UnpicklingError) as exc:
+        raise UserError(f"could not load {where} {name_or_path!r}: {str(exc).splitlines()[0]}") from None
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def positions_of(model_config) -> int | None:
+    """The longest sequence a model's config says it holds (``max_position_embeddings``; GPT-2's
+    ``n_positions``), or ``None`` when it names none."""
+    for name in ("max_position_embeddings", "n_positions", "n_ctx"):
+        value = getattr(model_config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def _config_and_tokenizer(name: str, trust_remote_code: bool):
+    """The model's config and tokenizer from disk (a directory or the hub cache), without weights;
+    ``(None, None)`` when they are not on disk or do not load (:func:`load_model` says why later)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    kwargs = dict(trust_remote_code=trust_remote_code)
+    try:
+        if Path(name).is_dir():
+            return AutoConfig.from_pretrained(name, **kwargs), _local_tokenizer(name, kwargs)
+        return (AutoConfig.from_pretrained(name, local_files_only=True, **kwargs),
+                AutoTokenizer.from_pretrained(name, local_files_only=True, **kwargs))
+    except Exception:  # best effort: any failure here is reported by load_model, as one line
+        return None, None
+
+
+def check_context(config) -> None:
+    """Refuse, before anything is loaded for long or written, a dataset whose longest prompt plus
+    ``--max-new-tokens`` (and, with ``--sft-steps``, plus its longest answer and EOS) needs more
+    positions than the model has: GPT-2 would fail mid-run on an index error, rotary models
+    would run on positions they never saw. Checks what is on disk: a model still to be
+    downloaded is not checked here."""
+    from rg_tracer.data import load_dataset, resolve_eval_path
+
+    model_config, tokenizer = _config_and_tokenizer(config.model, config.trust_remote_code)
+    positions = positions_of(model_config) if model_config is not None else None
+    if positions is None:
+        return
+    paths = [config.dataset, resolve_eval_path(config.dataset, config.eval_dataset)]
+    for split, dataset in enumerate(load_dataset(p) for p in paths if p):
+        examples = dataset.examples
+        prompt = [len(ids) for ids in tokenizer([e.prompt for e in examples], add_special_tokens=False)["input_ids"]]
+        i = max(range(len(examples)), key=prompt.__getitem__)
+        where = f"{dataset.path}: prompt {examples[i].id!r} is {prompt[i]} tokens"
+        if prompt[i] + config.max_new_tokens > positions:
+            fix = (f"lower --max-new-tokens to {positions - prompt[i]} or shorten the prompt" if prompt[i] < positions
+                   else f"drop the prompts longer than {positions - 1} tokens")
+            raise UserError(f"{where}; with --max-new-tokens {config.max_new_tokens} a sequence needs "
+                            f"{prompt[i] + config.max_new_tokens} positions, but {config.model} has {positions} "
+                            f"(max_position_embeddings): {fix}, or use a model with more positions")
+        if split == 0 and getattr(config, "sft_steps", 0):  # the warm-up feeds prompt + answer + EOS
+            answer = max(len(ids) for ids in tokenizer([e.answer for e in examples], add_special_tokens=False)["input_ids"])
+            if prompt[i] + answer + 1 > positions:
+                raise UserError(f"{where} and the longest answer {answer}; --sft-steps feeds prompt + answer + EOS, "
+                                f"{prompt[i] + answer + 1} positions, but {config.model} has {positions} "
+                                "(max_position_embeddings): shorten them or use a model with more positions")
+
+
+def _refuse_pickled_weights(directory: Path) -> None:
+    """Weights are read from safetensors only: a ``.bin``/``.pt`` file is a pickle, which can run
+    code when it is loaded, so a directory without safetensors weights is refused, unread."""
+    if any(directory.glob("*.safetensors")) or any(directory.glob("*.safetensors.index.json")):
+        return
+    pickled = sorted((p.name for p in directory.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt")),
+                     key=lambda name: (not name.startswith("pytorch_model"), name))
+    if pickled:
+        raise UserError(
+            f"{directory} holds {pickled[0]} but no model.safetensors; rg-tracer reads weights only from "
+            "safetensors (a .bin is a pickle, which can run code when loaded). If you trust the file, convert it: "
+            f"python -c \"from transformers import AutoModelForCausalLM as M; "
+            f"M.from_pretrained('{directory}').save_pretrained('{directory}')\"")
 
 
 def _load_from_hub(name: str, kwargs: dict):
@@ -178,7 +275,7 @@ def _load_from_hub(name: str, kwargs: dict):
     try:  # a model already in the local cache loads without the network
         return (
             AutoTokenizer.from_pretrained(name, local_files_only=True, **kwargs),
-            AutoModelForCausalLM.from_pretrained(name, local_files_only=True, **kwargs),
+            AutoModelForCausalLM.from_pretrained(name, local_files_only=True, use_safetensors=True, **kwargs),
         )
     except OSError:
         pass
@@ -190,5 +287,5 @@ def _load_from_hub(name: str, kwargs: dict):
         )
     return (
         AutoTokenizer.from_pretrained(name, **kwargs),
-        AutoModelForCausalLM.from_pretrained(name, **kwargs),
+        AutoModelForCausalLM.from_pretrained(name, use_safetensors=True, **kwargs),
     )

@@ -13,13 +13,23 @@ last one; 0 never evaluates.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import typing
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 from rg_tracer.errors import UserError
 
-__all__ = ["RunOptions", "opt", "redefault", "config_from_file", "flag_of"]
+__all__ = ["RunOptions", "opt", "redefault", "config_from_file", "flag_of", "base_type", "load_option_yaml",
+           "MIN_TEMPERATURE", "SEED_LIMIT"]
+
+#: Below this (and above 0), logits / T overflow float32 or sample greedily anyway: use 0 for greedy.
+MIN_TEMPERATURE = 1e-3
+#: torch seeds (``torch.manual_seed``) are 64-bit, and ``mix_seed`` folds every seed to 64 bits.
+SEED_LIMIT = 2**64
+#: An option file is a short mapping; a larger file is not one.
+MAX_CONFIG_BYTES = 1 << 20
 
 # Sections of --help, one per concern (the subclasses add theirs between INPUTS and SAMPLING).
 INPUTS, SAMPLING, EVALUATION, RUN_DIR, MACHINE = "Inputs", "Sampling", "Evaluation", "Run directory", "Machine"
@@ -37,6 +47,20 @@ def redefault(cls, name: str, default):
 
 def flag_of(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def base_type(hint):
+    """``int`` for ``int | None``: the type a field holds when it is set."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
+@functools.lru_cache(maxsize=None)
+def _field_types(cls) -> dict[str, tuple[type, bool]]:
+    """``name -> (base type, None allowed)`` for every field of a config class."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: (base_type(hints[f.name]), type(None) in typing.get_args(hints[f.name]) or f.default is None)
+            for f in dataclasses.fields(cls)}
 
 
 @dataclass(frozen=True)
@@ -73,19 +97,34 @@ class RunOptions:
     )
     #: Options a resumed run can never change (its checkpoint's state was built with them).
     RESUME_FIXED: ClassVar[tuple[str, ...]] = ()
+    #: Float options where inf has a meaning; every other float option must be finite. Their
+    #: own rule refuses NaN (and says what inf means).
+    MAY_BE_INFINITE: ClassVar[tuple[str, ...]] = ()
+    #: String options that a YAML file may give as a list (their parser accepts one).
+    LIST_OPTIONS: ClassVar[tuple[str, ...]] = ()
 
     def rules(self) -> list[tuple[bool, str]]:
         """``(holds, message)`` per rule; a subclass returns ``super().rules() + [...]``."""
-        return [
+        return self._finite_rules() + [
             (bool(self.model), "--model is required: a hub name or a directory from `rg-tracer init-model`"),
             (bool(self.dataset), "--dataset is required: a JSONL file with 'prompt' and 'answer' per line"),
             (self.max_new_tokens >= 1, f"--max-new-tokens {self.max_new_tokens} must be >= 1"),
             (math.isfinite(self.temperature) and self.temperature >= 0,
              f"--temperature {self.temperature} must be a finite number >= 0 (0: greedy)"),
+            (self.temperature == 0 or self.temperature >= MIN_TEMPERATURE,
+             f"--temperature {self.temperature} must be 0 (greedy) or at least {MIN_TEMPERATURE}: sampling "
+             "divides the logits by it, and a smaller one overflows (or samples greedily anyway)"),
+            (0 <= self.seed < SEED_LIMIT, f"--seed {self.seed} must be in [0, 2**64): torch seeds are 64-bit"),
             (self.eval_every >= 0, f"--eval-every {self.eval_every} must be >= 0 (0: never evaluate)"),
             (self.eval_samples >= 0, f"--eval-samples {self.eval_samples} must be >= 0"),
             (self.threads is None or self.threads >= 1, f"--threads {self.threads} must be >= 1"),
         ]
+
+    def _finite_rules(self) -> list[tuple[bool, str]]:
+        """Every float option is a finite number, but those in :attr:`MAY_BE_INFINITE`."""
+        return [(value is None or math.isfinite(value), f"{flag_of(name)} {value} must be a finite number")
+                for name, (kind, _) in _field_types(type(self)).items()
+                if kind is float and name not in self.MAY_BE_INFINITE for value in [getattr(self, name)]]
 
     def __post_init__(self) -> None:
         for ok, message in self.rules():
@@ -139,22 +178,106 @@ class RunOptions:
         raise UserError(f"--resume: {listed}; {fix}")
 
 
-def config_from_file(cls, path: str, **overrides):
-    """``cls`` built from a YAML file (field names as keys), with ``overrides`` on top."""
+def load_option_yaml(path: str, what: str):
+    """The YAML document in ``path``, read safely: at most 1 MiB, no aliases (``*name``: an option
+    file has no use for them, and nested aliases are how a "billion laughs" document expands
+    into gigabytes), errors as one line naming ``what`` (e.g. ``--config FILE``) and the line."""
     import yaml
 
+    class _NoAliases(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                mark = self.peek_event().start_mark
+                raise yaml.MarkedYAMLError(problem="aliases (*name) are not allowed; write the value out",
+                                           problem_mark=mark)
+            return super().compose_node(parent, index)
+
     try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise UserError(f"--config {path}: {str(exc).splitlines()[0]}") from None
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise UserError(f"{what}: larger than {MAX_CONFIG_BYTES >> 20} MiB; an option file is a short mapping")
+        return yaml.load(raw.decode("utf-8"), Loader=_NoAliases)
+    except OSError as exc:
+        raise UserError(f"{what}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{what}: not UTF-8 text (byte {exc.start}); save it as UTF-8 YAML") from None
+    except RecursionError:
+        raise UserError(f"{what}: nested too deeply; an option file is a flat mapping of option -> value") from None
+    except ValueError as exc:  # an integer of more digits than Python converts (4300)
+        raise UserError(f"{what}: a number has too many digits ({str(exc).split(':')[0]})") from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" line {mark.line + 1}" if mark else ""
+        raise UserError(f"{what}:{where}: {exc.problem or exc.context}") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"{what}: {str(exc).splitlines()[0]}") from None
+
+
+_TYPE_WORDS = {int: "a whole number", float: "a number", str: "text", bool: "true or false"}
+
+
+def _coerce(name: str, value, kind: type, nullable: bool, list_ok: bool, where: str):
+    """``value`` as a ``kind`` field holds it; a :class:`UserError` naming the file and field if it is not one."""
+    def refuse(fix: str):
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise UserError(f"{where}: {name}: {shown} is not {_TYPE_WORDS[kind]}; {fix}")
+
+    if value is None:
+        if nullable:
+            return None
+        refuse(f"give a value or leave {name} out for its default")
+    if isinstance(value, (list, dict)) and not (list_ok and isinstance(value, list)):
+        refuse(f"{name} takes a single value, not a {'list' if isinstance(value, list) else 'mapping'}")
+    if kind is bool:
+        if not isinstance(value, bool):
+            refuse(f"write {name}: true or {name}: false")
+        return value
+    if kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            return int(value)
+        if isinstance(value, str) and len(value) < 100:
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        refuse(f"write a whole number such as {name}: 4")
+    if kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        refuse(f"write a number such as {name}: 1.0e-3")
+    if isinstance(value, list):
+        if any(isinstance(v, (list, dict)) for v in value):
+            refuse(f"{name} takes a list of plain values or one comma-separated string")
+        return value
+    if not isinstance(value, str):
+        refuse(f"quote it: {name}: '{value}'")
+    return value
+
+
+def config_from_file(cls, path: str, **overrides):
+    """``cls`` built from a YAML file (field names as keys), with ``overrides`` on top; every
+    value is checked against its field's type (booleans are not numbers; numbers written as
+    strings, such as YAML's ``1e-3``, are numbers) with an error naming the file and field."""
+    where = f"--config {path}"
+    data = load_option_yaml(path, where)
+    if data is None:
+        data = {}
     if not isinstance(data, dict):
-        raise UserError(f"--config {path}: expected a mapping of option -> value")
-    known = {f.name for f in dataclasses.fields(cls)}
+        raise UserError(f"{where}: expected a mapping of option -> value, got {type(data).__name__}")
+    types = _field_types(cls)
     for key in data:
-        if key not in known:
-            raise UserError(f"--config {path}: unknown option {key!r}; options are the long flags with '_' for '-'")
+        if key not in types:
+            raise UserError(f"{where}: unknown option {key!r}; options are the long flags with '_' for '-'")
+    values = {key: _coerce(key, value, *types[key], key in cls.LIST_OPTIONS, where) for key, value in data.items()}
     try:
-        return cls(**{**data, **overrides})
+        return cls(**{**values, **overrides})
     except TypeError as exc:
-        raise UserError(f"--config {path}: {exc}") from None
+        raise UserError(f"{where}: {exc}") from None

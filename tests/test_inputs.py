@@ -26,12 +26,22 @@ def test_shipped_dataset_and_heldout_split_are_disjoint():
     ('{"prompt": {"a": 1}, "answer": "2"}\n', r"bad.jsonl:1: field 'prompt' must be a string"),
     ('{"id": "x", "prompt": "a", "answer": 1}\n{"id": "x", "prompt": "b", "answer": 2}\n', r"bad.jsonl:2: duplicate id 'x'"),
     ("\n\n", r"no rows"),
+    ('{"prompt": "1+1=", "answer": "' + "9" * 400 + '"}\n', r"bad.jsonl:1: field 'answer' is a 400-character number"),
+    ('{"prompt": "1+1=", "answer": Infinity}\n', r"bad.jsonl:1: not valid JSON \(Infinity is not a JSON number"),
+    ('{"prompt": "a\\udfff", "answer": "2"}\n', r"bad.jsonl:1: field 'prompt' holds a lone surrogate"),
 ])
 def test_bad_dataset_lines(tmp_path, content, message):
     path = tmp_path / "bad.jsonl"
     path.write_text(content)
     with pytest.raises(UserError, match=message):
         load_dataset(path)
+
+
+def test_numbers_and_escaped_pairs_that_are_fine(tmp_path):
+    path = tmp_path / "ok.jsonl"
+    path.write_text('{"prompt": "\\ud83d\\ude00 1+1=", "answer": "1e300"}\n{"prompt": "x", "answer": "9e9999 apples"}\n')
+    first, second = load_dataset(path).examples
+    assert first.prompt == "\U0001F600 1+1=" and first.answer == "1e300" and second.answer == "9e9999 apples"
 
 
 def test_shipped_mixer_weights():

@@ -14,15 +14,24 @@ import typing
 import click
 
 from rg_tracer.errors import UserError
-from rg_tracer.options import INPUTS, config_from_file
+from rg_tracer.options import INPUTS, base_type, config_from_file
 
-__all__ = ["user_errors", "options_from", "config_option", "config_from_cli", "SectionedCommand"]
+__all__ = ["user_errors", "options_from", "config_option", "config_from_cli", "SectionedCommand",
+           "EXIT_INTERRUPTED", "RUN_EXIT_STATUS", "exit_if_interrupted"]
 
 _TYPES = {int: int, float: float, str: str}
 
+#: Exit status of a run stopped by Ctrl-C: 128 + SIGINT, as a shell reports a process killed by it.
+EXIT_INTERRUPTED = 130
+#: The ``--help`` epilogue of the commands that run a search.
+RUN_EXIT_STATUS = ("Exit status: 0 the run finished; 1 an error, in one line saying the fix (an option or input "
+                   f"refused at start writes nothing); {EXIT_INTERRUPTED} stopped by Ctrl-C (the log's end record "
+                   "says status 'interrupted').")
+
 
 def user_errors(func):
-    """Turn :class:`UserError` into a one-line click error (exit 1) instead of a traceback."""
+    """Turn :class:`UserError` into a one-line click error (exit 1) instead of a traceback, and
+    an aborting Ctrl-C into exit status :data:`EXIT_INTERRUPTED`."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -30,8 +39,17 @@ def user_errors(func):
             return func(*args, **kwargs)
         except UserError as exc:
             raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            click.echo("aborted by Ctrl-C", err=True)
+            raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
 
     return wrapper
+
+
+def exit_if_interrupted(done: int, planned: int) -> None:
+    """A run that stopped (Ctrl-C) before its last step exits with :data:`EXIT_INTERRUPTED`, so scripts can tell."""
+    if done < planned:
+        raise click.exceptions.Exit(EXIT_INTERRUPTED)
 
 
 class _FieldOption(click.Option):
@@ -56,11 +74,6 @@ class SectionedCommand(click.Command):
                 formatter.write_dl(rows)
 
 
-def _base_type(hint):
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return args[0] if args else hint
-
-
 def options_from(config_cls):
     """Decorate a click command with one ``--option`` per field of ``config_cls``, by section."""
     hints = typing.get_type_hints(config_cls)
@@ -71,7 +84,7 @@ def options_from(config_cls):
         for f in reversed(fields):
             flag = "--" + f.name.replace("_", "-")
             common = dict(cls=_FieldOption, section=f.metadata["section"], help=f.metadata["help"])
-            base = _base_type(hints[f.name])
+            base = base_type(hints[f.name])
             if base is bool:
                 decl = f"{flag}/--no-{flag[2:]}" if f.default else flag
                 command = click.option(decl, f.name, is_flag=True, default=f.default, **common)(command)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import click
 
-from rg_tracer.cli.common import SectionedCommand, config_from_cli, config_option, options_from, user_errors
+from rg_tracer.cli.common import (
+    RUN_EXIT_STATUS, SectionedCommand, config_from_cli, config_option, exit_if_interrupted, options_from, user_errors,
+)
 from rg_tracer.eggroll.config import EggrollConfig
 from rg_tracer.eggroll.shaping import SHAPINGS
-from rg_tracer.models import quiet_transformers
+from rg_tracer.models import check_context, quiet_transformers
 
 __all__ = ["eggroll_command", "fitness", "export_command"]
 
@@ -21,7 +23,7 @@ __all__ = ["eggroll_command", "fitness", "export_command"]
 UNITS = ("step", "task", "prompt")
 
 
-@click.command("eggroll", cls=SectionedCommand)
+@click.command("eggroll", cls=SectionedCommand, epilog=RUN_EXIT_STATUS)
 @config_option
 @options_from(EggrollConfig)
 @click.pass_context
@@ -46,12 +48,14 @@ def eggroll_command(ctx: click.Context, config_file: str | None, **options) -> N
     """
     config = config_from_cli(EggrollConfig, ctx, config_file, options)
     quiet_transformers()
+    check_context(config)
     from rg_tracer.eggroll.search import search
 
     searcher = search(config)
     if searcher.dist.is_main:  # under torchrun: one line, from rank 0
         click.echo(f"log: {searcher.run.log_path} (generation {searcher.generation}); "
                    f"weights: {searcher.run.run_dir / 'model'}")
+    exit_if_interrupted(searcher.generation, config.generations)
 
 
 @click.group("fitness")

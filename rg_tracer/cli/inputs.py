@@ -72,8 +72,9 @@ def data_command(task, out_dir, seed, train_frac, p, op, digits, count, n, k) ->
     """
     from rg_tracer.tasks import make_split, write_split
 
-    params = {"modular": {"p": p, "op": op}, "addition": {"digits": digits, "count": count or 2000},
-              "parity": {"n": n, "k": k, "count": count or 1000}}[task]
+    params = {"modular": {"p": p, "op": op},
+              "addition": {"digits": digits, "count": 2000 if count is None else count},
+              "parity": {"n": n, "k": k, "count": 1000 if count is None else count}}[task]
     info = write_split(make_split(task, train_frac=train_frac, seed=seed, **params), out_dir)
     click.echo(f"{task}: {info['train']} train / {info['test']} test items in {out_dir} "
                "(disjoint by prompt hash, answers verified)")

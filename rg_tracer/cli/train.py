@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import click
 
-from rg_tracer.cli.common import SectionedCommand, config_from_cli, config_option, options_from, user_errors
+from rg_tracer.cli.common import (
+    RUN_EXIT_STATUS, SectionedCommand, config_from_cli, config_option, exit_if_interrupted, options_from, user_errors,
+)
 from rg_tracer.dapo.config import TrainConfig
-from rg_tracer.models import quiet_transformers
+from rg_tracer.models import check_context, quiet_transformers
 
 __all__ = ["train_command"]
 
 
-@click.command("train", cls=SectionedCommand)
+@click.command("train", cls=SectionedCommand, epilog=RUN_EXIT_STATUS + " An interrupted run continues with --resume.")
 @config_option
 @options_from(TrainConfig)
 @click.pass_context
@@ -28,8 +30,10 @@ def train_command(ctx: click.Context, config_file: str | None, **options) -> Non
     """
     config = config_from_cli(TrainConfig, ctx, config_file, options)
     quiet_transformers()
+    check_context(config)
     from rg_tracer.dapo.trainer import train
 
     trainer = train(config)
     if trainer.dist.is_main:  # under torchrun: one line, from rank 0
         click.echo(f"log: {trainer.run.log_path} (step {trainer.step})")
+    exit_if_interrupted(trainer.step, config.max_steps)

@@ -21,6 +21,8 @@ STEPS, OPTIMIZER, OBJECTIVE, GROKKING = "Steps and batches", "Optimizer", "DAPO 
 
 
 WEIGHT_DECAY_KINDS = ("biases", "norms", "embeddings")
+#: AdamW's step moves each weight by about the learning rate: above this a step wrecks the model.
+MAX_LEARNING_RATE = 1.0
 
 
 def parse_betas(value) -> tuple[float, float]:
@@ -103,9 +105,17 @@ class TrainConfig(RunOptions):
     # The restored AdamW keeps the checkpoint's betas and parameter groups: another value
     # would be ignored (betas) or could not load (groups).
     RESUME_FIXED: ClassVar[tuple[str, ...]] = ("adam_betas", "weight_decay_exclude")
+    MAY_BE_INFINITE: ClassVar[tuple[str, ...]] = ("max_grad_norm",)  # inf: no clipping
+    LIST_OPTIONS: ClassVar[tuple[str, ...]] = ("adam_betas", "weight_decay_exclude")
 
     def rules(self) -> list[tuple[bool, str]]:
         return super().rules() + [
+            (self.learning_rate <= MAX_LEARNING_RATE,
+             f"--learning-rate {self.learning_rate} must be <= {MAX_LEARNING_RATE}: AdamW moves every weight by "
+             "about the learning rate each step, so a larger one wrecks the model in a step (typical: 1e-5 to 1e-3)"),
+            (self.learning_rate * self.weight_decay <= 1,
+             f"--weight-decay {self.weight_decay} times --learning-rate {self.learning_rate} must be <= 1: AdamW "
+             "shrinks every weight by that fraction each step, so above 1 it flips their signs"),
             (self.batch_size >= 1, f"--batch-size {self.batch_size} must be >= 1"),
             (self.group_size >= 2, f"--group-size {self.group_size} must be >= 2: advantages are z-scored within a group, so a group of one always has advantage 0"),
             (self.sft_steps >= 0 and self.sft_batch_size >= 0, "--sft-steps and --sft-batch-size must be >= 0"),
@@ -134,10 +144,7 @@ class TrainConfig(RunOptions):
         ]
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        for name in ("learning_rate", "clip_ratio", "kl_coef"):
-            if not math.isfinite(getattr(self, name)):
-                raise UserError(f"--{name.replace('_', '-')} must be finite")
+        super().__post_init__()  # the rules, every float option finite among them
         # Normalise the two list-valued options to their canonical strings (YAML may give lists).
         object.__setattr__(self, "adam_betas", format_floats(parse_betas(self.adam_betas)))
         object.__setattr__(self, "weight_decay_exclude", ",".join(_parse_exclude(self.weight_decay_exclude)))

@@ -21,6 +21,9 @@ from rg_tracer.options import EVALUATION, INPUTS, MACHINE, RUN_DIR, SAMPLING, Ru
 __all__ = ["EggrollConfig", "check_population"]
 
 POPULATION = "Population and update"
+#: The entries of σ/√r · A Bᵀ have standard deviation σ, and weights are of order 0.01 to 1:
+#: above this a member's weights are mostly noise.
+MAX_SIGMA = 1.0
 
 
 def check_population(size: int, rank: int, sigma: float, antithetic: bool) -> None:
@@ -63,6 +66,9 @@ class EggrollConfig(RunOptions):
             (self.member_batch >= 0, f"--member-batch {self.member_batch} must be >= 0 (0: whole population)"),
             (self.shaping in SHAPINGS, f"--shaping {self.shaping!r} is not one of {', '.join(SHAPINGS)}"),
             (math.isfinite(self.lr) and self.lr > 0, f"--lr {self.lr} must be a finite number > 0"),
+            (self.sigma <= MAX_SIGMA,
+             f"--sigma {self.sigma} must be <= {MAX_SIGMA}: each perturbed weight moves by about sigma, and "
+             "weights are of order 0.01 to 1, so a larger sigma drowns them in noise (typical: 0.001 to 0.1)"),
         ]
 
     def __post_init__(self) -> None:

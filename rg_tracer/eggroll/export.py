@@ -181,6 +181,15 @@ def write_table(frame: pl.DataFrame, out: str | Path) -> Path:
     return out
 
 
+def _check_weights_name_axes(axes: pl.DataFrame, info: RunInfo, weights: str) -> None:
+    """``--weights`` that name none of a run's reward axes would give it fitness 0 everywhere:
+    refused as ``train`` refuses such a mixer (:func:`rg_tracer.reward_mixer.check_overlap`)."""
+    from rg_tracer.reward_mixer import check_overlap
+
+    for (run_id,), run in axes.group_by(["run_id"], maintain_order=True):
+        check_overlap(info[run_id]["mixer"], set(run["axis"].unique()), f"--weights {weights} (run {run_id!r})")
+
+
 def export_fitness(runs_dir: str | Path, out: str | Path, *, weights: str | None = None,
                    shaping: str = "none", by: str = "step") -> pl.DataFrame:
     """Load, compute and write; return the table written."""
@@ -192,6 +201,8 @@ def export_fitness(runs_dir: str | Path, out: str | Path, *, weights: str | None
         raise UserError(f"--weights {weights}: no such file (see configs/reward_mixer.yaml for the format)")
     shape_fitness([], shaping)  # an unknown method fails before the runs are read
     samples, axes, info = load_runs(runs_dir, weights)
+    if weights:
+        _check_weights_name_axes(axes, info, weights)
     table = fitness_table(samples, axes, info, by=by, shaping=shaping)
     write_table(table, out)
     return table

@@ -127,11 +127,21 @@ class EggrollSearch:
             self._mixer_checked = True
         t1 = time.perf_counter()
         raw, shaped, norm = es_step(run.layers, population, lambda _: ev.fitness, lr=cfg.lr, shaping=cfg.shaping)
+        self._check_finite_weights(generation)
         self._check_same_weights(generation)
         t2 = time.perf_counter()
         record = self._log(generation, ev, raw, shaped, norm, {"generate": t1 - t0, "train": t2 - t1})
         self.generation = generation
         return record
+
+    def _check_finite_weights(self, generation: int) -> None:
+        """Stop, saving nothing, when an update made a weight inf or NaN: every later member would be noise."""
+        bad = next((layer for layer in self.run.layers if not torch.isfinite(layer.module.weight).all()), None)
+        if bad is not None:
+            cfg = self.config
+            raise UserError(f"generation {generation}: the update made weights of {bad.name} inf or NaN (--sigma "
+                            f"{cfg.sigma}, --lr {cfg.lr}); the weights were not saved: lower --sigma or --lr and rerun "
+                            "with --overwrite")
 
     def _check_same_weights(self, generation: int) -> None:
         """Under torchrun: stop when the ranks' perturbed weights differ after an update."""

@@ -14,6 +14,19 @@ from rg_tracer.errors import UserError
 __all__ = ["GENERATORS", "Split", "make_split", "write_split", "is_prime"]
 
 OPS = {"+": "add", "-": "sub", "*": "mul", "/": "div"}
+#: Largest --count: a dataset is written in one go, in memory.
+MAX_COUNT = 1_000_000
+#: Largest modulus: the modular task writes every pair, p² items (1,000,000 at p = 1000).
+MAX_P = 1000
+#: Most digits per addend: answers stay below 1e308, the float range scorers compare numbers in.
+MAX_DIGITS = 300
+#: Most bits per parity string: a prompt is n + 1 characters, and models hold a few hundred positions.
+MAX_BITS = 1000
+
+
+def _check_count(count: int) -> None:
+    if not 1 <= count <= MAX_COUNT:
+        raise UserError(f"--count {count} must be in [1, {MAX_COUNT:,}]")
 
 
 @dataclass(frozen=True)
@@ -42,8 +55,9 @@ def modular(p: int = 97, op: str = "+", **_) -> list[dict]:
     """Every pair ``a op b mod p`` once; division skips ``b = 0``."""
     if op not in OPS:
         raise UserError(f"--op {op!r}: choose one of {' '.join(OPS)}")
-    if p < 2:
-        raise UserError(f"--p {p} must be >= 2")
+    if not 2 <= p <= MAX_P:
+        raise UserError(f"--p {p} must be in [2, {MAX_P}]: the modular task writes every pair, p² items "
+                        f"({MAX_P**2:,} at p = {MAX_P})")
     if op == "/" and not is_prime(p):
         raise UserError(f"--p {p} is not prime; division mod p needs a prime modulus (e.g. 97)")
     rows = []
@@ -56,8 +70,10 @@ def modular(p: int = 97, op: str = "+", **_) -> list[dict]:
 
 def addition(digits: int = 3, count: int = 2000, seed: int = 0, **_) -> list[dict]:
     """``count`` distinct pairs of ``digits``-digit numbers (carries included as they fall)."""
-    if digits < 1:
-        raise UserError(f"--digits {digits} must be >= 1")
+    if not 1 <= digits <= MAX_DIGITS:
+        raise UserError(f"--digits {digits} must be in [1, {MAX_DIGITS}]: scorers compare answers as floats, "
+                        "below 1e308")
+    _check_count(count)
     low, high = (0 if digits == 1 else 10 ** (digits - 1)), 10**digits - 1
     pairs_available = (high - low + 1) ** 2
     if count > pairs_available:
@@ -75,8 +91,11 @@ def addition(digits: int = 3, count: int = 2000, seed: int = 0, **_) -> list[dic
 
 def parity(n: int = 10, k: int = 3, count: int = 1000, seed: int = 0, **_) -> list[dict]:
     """Bit strings of length ``n``; the answer is the parity of ``k`` secret positions."""
+    if not 1 <= n <= MAX_BITS:
+        raise UserError(f"--n {n} must be in [1, {MAX_BITS}]: a prompt is n + 1 characters")
     if not 1 <= k <= n:
         raise UserError(f"--k {k} must be in [1, --n {n}]")
+    _check_count(count)
     if count > 2**n:
         raise UserError(f"--count {count} exceeds the {2**n} strings of {n} bits; lower it or raise --n")
     rng = random.Random(seed)
