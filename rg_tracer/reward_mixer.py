@@ -20,7 +20,6 @@ import json
 import math
 from pathlib import Path
 
-import yaml
 from gepa_dapo_grn import RewardMixerConfig
 
 from rg_tracer.errors import UserError
@@ -37,15 +36,18 @@ def _number(value, where: str) -> float:
 
 
 def load_reward_mixer(path: str | Path) -> RewardMixerConfig:
+    from rg_tracer.options import load_option_yaml
+
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read reward mixer {path}: {exc}") from exc
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise UserError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}".splitlines()[0]) from exc
+    if path.suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"cannot read reward mixer {path}: {exc}") from exc
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise UserError(f"{path}: not valid JSON: {exc}".splitlines()[0]) from exc
+    else:  # no aliases, bounded size: a hostile file cannot expand into gigabytes
+        data = load_option_yaml(str(path), f"reward mixer {path}")
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping of reward axis -> weight, got {type(data).__name__}")
     if "weights" in data:

@@ -14,7 +14,7 @@ from rg_tracer.cli.common import (
 )
 from rg_tracer.eggroll.config import EggrollConfig
 from rg_tracer.eggroll.shaping import SHAPINGS
-from rg_tracer.models import check_context, quiet_transformers
+from rg_tracer.models import quiet_transformers
 
 __all__ = ["eggroll_command", "fitness", "export_command"]
 
@@ -48,7 +48,6 @@ def eggroll_command(ctx: click.Context, config_file: str | None, **options) -> N
     """
     config = config_from_cli(EggrollConfig, ctx, config_file, options)
     quiet_transformers()
-    check_context(config)
     from rg_tracer.eggroll.search import search
 
     searcher = search(config)

@@ -8,7 +8,7 @@ from rg_tracer.cli.common import (
     RUN_EXIT_STATUS, SectionedCommand, config_from_cli, config_option, exit_if_interrupted, options_from, user_errors,
 )
 from rg_tracer.dapo.config import TrainConfig
-from rg_tracer.models import check_context, quiet_transformers
+from rg_tracer.models import quiet_transformers
 
 __all__ = ["train_command"]
 
@@ -30,7 +30,6 @@ def train_command(ctx: click.Context, config_file: str | None, **options) -> Non
     """
     config = config_from_cli(TrainConfig, ctx, config_file, options)
     quiet_transformers()
-    check_context(config)
     from rg_tracer.dapo.trainer import train
 
     trainer = train(config)

@@ -22,7 +22,7 @@ from typing import Any
 
 from rg_tracer.dapo.config import TrainConfig
 from rg_tracer.errors import UserError
-from rg_tracer.models import load_model
+from rg_tracer.models import check_context, load_model
 from rg_tracer.runtime.checkpoint import (
     CheckpointError, check_checkpoint, checkpoints, load_extra_tensors, load_optimizer_state, remove_stale, set_aside,
 )
@@ -198,6 +198,7 @@ def _remove_owned(path: Path) -> None:
 def prepare_run(config: TrainConfig) -> PreparedRun:
     """Take the run directory's lock (released on failure here, else by the caller:
     :func:`rg_tracer.runtime.run.release_run_dir`) and prepare the run."""
+    check_context(config)  # before anything is written: prompts that do not fit the model
     run_dir = Path(config.output_dir)
     claim_run_dir(run_dir, ("checkpoints",), config.overwrite or config.resume, resumable=True)
     try:

@@ -385,6 +385,7 @@ class DAPOHybridTrainer:
                     if status == "interrupted" and self.dist.is_main:
                         print(f"interrupted after step {self.step}; checkpoint {checkpoint}; "
                               "continue with the same command plus --resume", file=sys.stderr)
+                    self.dist.barrier()  # no rank exits (torchrun then stops the others) before the end record
                 elif start == cfg.max_steps:  # resumed at the last step: the end record may be missing
                     self._complete()
         except Exception as exc:

@@ -40,7 +40,7 @@ from rg_tracer.eggroll.lowrank import Layer, Population, check_rank, es_update, 
 from rg_tracer.eggroll.members import MemberEval, answer, mix
 from rg_tracer.eggroll.shaping import shape_fitness
 from rg_tracer.errors import UserError
-from rg_tracer.models import load_model
+from rg_tracer.models import check_context, load_model
 from rg_tracer.reward_mixer import check_overlap
 from rg_tracer.runtime.evaluation import evaluate_run
 from rg_tracer.runtime.log_writer import JsonlLogger
@@ -81,6 +81,7 @@ class EggrollRun(RunInputs):
 
 def prepare(config: EggrollConfig) -> EggrollRun:
     """Load and check every input; raise :class:`UserError` before touching the run directory."""
+    check_context(config)  # before anything is written: prompts that do not fit the model
     run_dir = Path(config.output_dir)
     claim_run_dir(run_dir, (MODEL_DIR,), config.overwrite, resumable=False)
     inputs = load_inputs(config)
@@ -216,6 +217,7 @@ class EggrollSearch:
                 self.dist.barrier()
                 status = "completed" if self.generation == cfg.generations else "interrupted"
                 self.logger.write("end", **end_record(step=self.generation, status=status))
+                self.dist.barrier()  # no rank exits (torchrun then stops the others) before the end record
         finally:
             bar.close()
             self.logger.close()
