@@ -24,7 +24,7 @@ from gepa_dapo_grn import RewardMixerConfig
 
 from rg_tracer.errors import UserError
 
-__all__ = ["load_reward_mixer", "check_overlap"]
+__all__ = ["load_reward_mixer", "check_overlap", "resolve_mixer_path", "DEFAULT_MIXER", "PACKAGED_MIXER"]
 
 _OPTIONS = {"normalize", "clip_min", "clip_max"}
 
@@ -33,6 +33,19 @@ def _number(value, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise UserError(f"{where} must be a finite number, got {value!r}")
     return float(value)
+
+
+#: the ``--reward-mixer`` default: the repository's file, which links to the copy shipped in the package
+DEFAULT_MIXER = "configs/reward_mixer.yaml"
+PACKAGED_MIXER = Path(__file__).resolve().parent / "defaults" / "reward_mixer.yaml"
+
+
+def resolve_mixer_path(path: str | Path) -> Path:
+    """``path``; the default mixer shipped in the package when ``path`` is the default and the
+    working directory is not a checkout (``rg-tracer train`` run from anywhere)."""
+    if str(path) == DEFAULT_MIXER and not Path(path).is_file():
+        return PACKAGED_MIXER
+    return Path(path)
 
 
 def load_reward_mixer(path: str | Path) -> RewardMixerConfig:

@@ -84,3 +84,14 @@ def test_entropy_bonus_and_adaptive_kl_reach_the_update(tmp_path, tiny_model_dir
     kl1 = steps[0]["rl"]["kl"]
     assert steps[1]["rl"]["kl_coeff"] == pytest.approx(0.1 * torch.exp(torch.tensor((kl1 - 0.01) / 1.0)).item(), rel=1e-5)
     assert steps[0]["rl"]["entropy"] > 0
+
+
+def test_the_default_reward_mixer_works_outside_the_repository(tmp_path, tiny_model_dir, monkeypatch):
+    from rg_tracer.reward_mixer import PACKAGED_MIXER
+
+    monkeypatch.chdir(tmp_path)  # no configs/ here: the packaged default is used
+    cfg = config(tmp_path, tiny_model_dir("qwen2"), max_steps=1, eval_every=0)
+    cfg = type(cfg)(**{**cfg.to_dict(), "reward_mixer": "configs/reward_mixer.yaml"})
+    trainer = train(cfg)
+    assert trainer.step == 1 and PACKAGED_MIXER.is_file()
+    assert read_log(trainer.run.log_path)[0]["reward_weights"]["correctness"] == 1.0

@@ -26,7 +26,7 @@ from rg_tracer.models import check_context, load_model
 from rg_tracer.runtime.checkpoint import (
     CheckpointError, check_checkpoint, checkpoints, load_extra_tensors, load_optimizer_state, remove_stale, set_aside,
 )
-from rg_tracer.runtime.run import RunInputs, claim_run_dir, load_inputs, release_run_dir
+from rg_tracer.runtime.run import RunInputs, choose_threads, claim_run_dir, load_inputs, release_run_dir
 from rg_tracer.schema import LOG_NAME
 
 __all__ = ["PreparedRun", "prepare_run"]
@@ -229,6 +229,7 @@ def _prepare(config: TrainConfig, run_dir: Path) -> PreparedRun:
     else:
         model, tokenizer = load_model(config.model, trust_remote_code=config.trust_remote_code)
     model.to(inputs.device)
+    choose_threads(config, model, inputs.device)
     reference = None
     if found and config.kl_coef > 0:
         reference, _ = load_model(config.model, trust_remote_code=config.trust_remote_code)

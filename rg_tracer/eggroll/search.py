@@ -46,7 +46,7 @@ from rg_tracer.runtime.evaluation import evaluate_run
 from rg_tracer.runtime.log_writer import JsonlLogger
 from rg_tracer.runtime.policy_adapter import HFPolicyAdapter
 from rg_tracer.runtime.run import (
-    PromptOrder, RunInputs, StopSignal, claim_run_dir, load_inputs, progress_bar, run_record,
+    PromptOrder, RunInputs, StopSignal, choose_threads, claim_run_dir, load_inputs, progress_bar, run_record,
 )
 from rg_tracer.schema import LOG_NAME, end_record, step_record
 
@@ -91,6 +91,7 @@ def prepare(config: EggrollConfig) -> EggrollRun:
                         f"{'antithetic pairs' if pair == 2 else 'members'}: use a multiple of {w * pair}")
     model, tokenizer = load_model(config.model, trust_remote_code=config.trust_remote_code)
     model.to(inputs.device).eval().requires_grad_(False)
+    choose_threads(config, model, inputs.device)
     layers = find_layers(model)
     check_rank(layers, config.rank)
     log_path = run_dir / LOG_NAME

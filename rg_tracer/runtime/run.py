@@ -33,12 +33,12 @@ from rg_tracer import schema
 from rg_tracer.data import Dataset, load_dataset, resolve_eval_path
 from rg_tracer.errors import UserError
 from rg_tracer.runtime.distributed import Dist
-from rg_tracer.reward_mixer import load_reward_mixer
+from rg_tracer.reward_mixer import load_reward_mixer, resolve_mixer_path
 from rg_tracer.scorers import load_scorer
 from rg_tracer.scorers.mapping import FeedbackMappingConfig
 
 __all__ = [
-    "RunInputs", "load_inputs", "claim_run_dir", "release_run_dir", "LOCK_NAME", "mix_seed", "PromptOrder",
+    "RunInputs", "load_inputs", "choose_threads", "claim_run_dir", "release_run_dir", "LOCK_NAME", "mix_seed", "PromptOrder",
     "StopSignal", "progress_bar",
     "run_record", "versions", "SALT_SAMPLING", "SALT_PROMPT_ORDER", "SALT_EVAL_ORDER", "SALT_SFT_BATCH",
     "SALT_RESAMPLE", "SALT_MEMBER_SAMPLING",
@@ -88,9 +88,10 @@ def load_inputs(config) -> RunInputs:
     from rg_tracer.models import resolve_device
     from rg_tracer.runtime.distributed import init_distributed
 
-    if not Path(config.reward_mixer).is_file():
+    mixer_path = resolve_mixer_path(config.reward_mixer)
+    if not mixer_path.is_file():
         raise UserError(f"--reward-mixer {config.reward_mixer}: no such file (see configs/reward_mixer.yaml for the format)")
-    mixer = load_reward_mixer(config.reward_mixer)
+    mixer = load_reward_mixer(mixer_path)
     train = load_dataset(config.dataset)
     eval_path = resolve_eval_path(config.dataset, config.eval_dataset)
     eval_set = load_dataset(eval_path) if eval_path else None
@@ -102,6 +103,19 @@ def load_inputs(config) -> RunInputs:
     if config.threads:
         torch.set_num_threads(config.threads)
     return RunInputs(train, eval_set, scorer, mapping, mixer, device, dist)
+
+
+#: below this many parameters a CPU run takes one torch thread unless --threads says otherwise
+ONE_THREAD_BELOW = 20_000_000
+
+
+def choose_threads(config, model, device) -> None:
+    """``--threads`` unset on CPU: one thread for a small model (intra-op threads only add
+    overhead to its tiny ops), torch's default for a larger one."""
+    import torch
+
+    if config.threads is None and device.type == "cpu" and sum(p.numel() for p in model.parameters()) < ONE_THREAD_BELOW:
+        torch.set_num_threads(1)
 
 
 def claim_run_dir(run_dir: Path, artefacts: tuple[str, ...], overwrite: bool, resumable: bool) -> bool:
