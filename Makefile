@@ -16,8 +16,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# DEMO_SEED sets the model's random initialisation (the training seed is configs/demo/train.yaml's).
+DEMO_SEED ?= 0
 demo: $(STAMP)
-	$(BIN)/python scripts/demo.py
+	$(BIN)/python scripts/demo.py --seed $(DEMO_SEED)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2

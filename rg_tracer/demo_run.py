@@ -61,13 +61,16 @@ def runs_from_env(variable: str = "RG_TRACER_RUNS") -> Path | None:
     return path.resolve()
 
 
-def build_demo_model(work_dir: str | Path) -> int:
-    """Save a randomly initialised :data:`DEMO_MODEL` to ``work_dir/"model"`` (which must be
-    missing or empty) with transformers' progress bars and warnings off; return #parameters."""
+def build_demo_model(work_dir: str | Path, seed: int = 0) -> int:
+    """Save a randomly initialised :data:`DEMO_MODEL` (initialised from ``seed``) to
+    ``work_dir/"model"`` (which must be missing or empty) with transformers' progress bars and
+    warnings off; return #parameters."""
+    import dataclasses
+
     from rg_tracer.models import init_model, quiet_transformers
 
     quiet_transformers()
-    return init_model(Path(work_dir) / "model", DEMO_MODEL)
+    return init_model(Path(work_dir) / "model", dataclasses.replace(DEMO_MODEL, seed=seed))
 
 
 def train_demo(work_dir: str | Path, **overrides: Any) -> DAPOHybridTrainer:

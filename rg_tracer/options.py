@@ -80,7 +80,7 @@ class RunOptions:
     eval_samples: int = opt(64, "Prompts per split and evaluation, greedy decoding (0: all).", EVALUATION)
     # -- the run directory ---------------------------------------------------------------
     output_dir: str = opt("runs/run", "Run directory: the log train.jsonl goes here, with checkpoints/ (train) or the final weights in model/ (eggroll).", RUN_DIR)
-    seed: int = opt(42, "Base seed: the prompt order, each step's sampling and (eggroll) every perturbation derive from it.", RUN_DIR)
+    seed: int = opt(42, "Base seed: the prompt order, each step's sampling and (eggroll) every perturbation derive from it. It does not touch the model's weights: a random initialisation is `rg-tracer init-model --seed`'s, so full-batch supervised runs of one model are identical whatever --seed says.", RUN_DIR)
     overwrite: bool = opt(False, "Delete the run already in --output-dir (train.jsonl, checkpoints/ or model/) and start afresh.", RUN_DIR)
     # -- the machine ---------------------------------------------------------------------
     device: str = opt("auto", "torch device: auto, cpu, cuda, cuda:1, mps.", MACHINE)

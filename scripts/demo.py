@@ -11,6 +11,7 @@ says "learned" only when held-out correctness rose by at least ``LEARNED``.
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import sys
@@ -66,10 +67,14 @@ def report(records: list[dict], sft_steps: int) -> str:
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description="Build the demo's tiny model, train it, report train vs held-out.")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="the model's random initialisation (training's own seed is configs/demo/train.yaml's)")
+    seed = parser.parse_args().seed
     started = time.time()
     shutil.rmtree(RUNS, ignore_errors=True)
-    n_params = build_demo_model(RUNS)
-    print(f"model: {RUNS / 'model'} ({DEMO_MODEL.arch}, {n_params:,} parameters, random init)")
+    n_params = build_demo_model(RUNS, seed=seed)
+    print(f"model: {RUNS / 'model'} ({DEMO_MODEL.arch}, {n_params:,} parameters, random init, seed {seed})")
     trainer = train_demo(RUNS)
     config = trainer.config
     with trainer.run.log_path.open(encoding="utf-8") as log:

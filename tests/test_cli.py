@@ -29,10 +29,12 @@ def test_init_model_then_train_then_refuse_rerun(tmp_path):
     result = invoke(cli, "init-model", str(model), "--arch", "llama", "--layers", "1", "--hidden", "16", "--heads", "2")
     assert result.exit_code == 0 and "parameters" in result.output
     args = ["train", "--model", str(model), "--dataset", TOY, "--output-dir", str(tmp_path / "run"),
-            "--reward-mixer", MIXER, "--max-steps", "1", "--eval-every", "0", "--no-progress", "--threads", "1"]
+            "--reward-mixer", MIXER, "--max-steps", "1", "--eval-every", "1", "--eval-samples", "3", "--no-progress",
+            "--threads", "1"]
     result = invoke(cli, *args)
     assert result.exit_code == 0, result.output
     assert "train.jsonl" in result.output
+    assert "eval at step 1: test (n=3) correctness" in result.output and "; train (n=3)" in result.output
     again = invoke(cli, *args)
     assert again.exit_code == 1
     assert "already holds a run; pass --resume" in again.output

@@ -49,9 +49,13 @@ def eggroll_command(ctx: click.Context, config_file: str | None, **options) -> N
     config = config_from_cli(EggrollConfig, ctx, config_file, options)
     quiet_transformers()
     from rg_tracer.eggroll.search import search
+    from rg_tracer.runtime.evaluation import eval_summary
 
     searcher = search(config)
     if searcher.dist.is_main:  # under torchrun: one line, from rank 0
+        summary = eval_summary(searcher.last_eval)
+        if summary:
+            click.echo(summary)
         click.echo(f"log: {searcher.run.log_path} (generation {searcher.generation}); "
                    f"weights: {searcher.run.run_dir / 'model'}")
     exit_if_interrupted(searcher.generation, config.generations)

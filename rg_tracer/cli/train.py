@@ -31,8 +31,12 @@ def train_command(ctx: click.Context, config_file: str | None, **options) -> Non
     config = config_from_cli(TrainConfig, ctx, config_file, options)
     quiet_transformers()
     from rg_tracer.dapo.trainer import train
+    from rg_tracer.runtime.evaluation import eval_summary
 
     trainer = train(config)
     if trainer.dist.is_main:  # under torchrun: one line, from rank 0
+        summary = eval_summary(trainer.last_eval)
+        if summary:
+            click.echo(summary)
         click.echo(f"log: {trainer.run.log_path} (step {trainer.step})")
     exit_if_interrupted(trainer.step, config.max_steps)

@@ -123,6 +123,7 @@ class DAPOHybridTrainer:
         self.step = 0
         self._saved_step = 0  # the step of the last checkpoint this trainer wrote or resumed from
         self.stop = StopSignal("stopping after this step (Ctrl-C again to abort without a checkpoint)")
+        self.last_eval: list[dict] = []  # the records of the latest evaluation
         self._mixer_checked = False
         self._sft_full_batch = None  # the tokenised training split, built once for full-batch SFT
         self.sampler = GroupSampler(self.policy, run)
@@ -356,7 +357,8 @@ class DAPOHybridTrainer:
     # -- evaluation ---------------------------------------------------------------
     def evaluate(self, step: int) -> list[dict]:
         """Greedy evaluation on the held-out split and a train sample: one ``eval`` record each."""
-        return [self.logger.write("eval", **fields) for fields in evaluate_run(self.policy, self.run, step)]
+        self.last_eval = [self.logger.write("eval", **fields) for fields in evaluate_run(self.policy, self.run, step)]
+        return self.last_eval
 
     # -- the loop -----------------------------------------------------------------
     def fit(self) -> int:

@@ -111,6 +111,7 @@ class EggrollSearch:
         self.logger = JsonlLogger(run.log_path, enabled=self.dist.is_main)
         self.generation = 0
         self.stop = StopSignal("stopping after this generation (Ctrl-C again to abort)")
+        self.last_eval: list[dict] = []  # the records of the latest evaluation
         self.order = PromptOrder(run.train.examples, run.config.seed)
         self._mixer_checked = False
 
@@ -190,7 +191,8 @@ class EggrollSearch:
 
     def evaluate(self, generation: int) -> list[dict]:
         """Greedy evaluation on the held-out split and a train sample: one ``eval`` record each."""
-        return [self.logger.write("eval", **fields) for fields in evaluate_run(self.policy, self.run, generation)]
+        self.last_eval = [self.logger.write("eval", **fields) for fields in evaluate_run(self.policy, self.run, generation)]
+        return self.last_eval
 
     def fit(self) -> int:
         cfg, run = self.config, self.run

@@ -14,7 +14,7 @@ from rg_tracer.runtime.distributed import SINGLE
 from rg_tracer.schema import eval_record
 from rg_tracer.scorers import run_scorer
 
-__all__ = ["evaluate_splits", "evaluate_run"]
+__all__ = ["evaluate_splits", "evaluate_run", "eval_summary"]
 
 CHUNK = 64  # prompts per generation call
 
@@ -61,3 +61,13 @@ def evaluate_run(policy, run, step: int) -> list[dict]:
                               dist=run.dist)
     check_overlap(run.mixer, set(results[0][2]), f"--reward-mixer {cfg.reward_mixer}")
     return [eval_record(step=step, split=split, n=n, metrics=metrics) for split, n, metrics in results]
+
+
+def eval_summary(records: list[dict], axes: int = 4) -> str | None:
+    """One line for a terminal: the last evaluation's step and each split's first ``axes``
+    axes with its prompt count, e.g. ``eval at step 1000: test (n=120) correctness 0.73 ...``."""
+    if not records:
+        return None
+    parts = [f"{r['split']} (n={r['n']}) " + " ".join(f"{k} {v:.3f}" for k, v in list(r["metrics"].items())[:axes])
+             for r in records]
+    return f"eval at step {records[0]['step']}: " + "; ".join(parts)
