@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -222,6 +223,20 @@ def _config_and_tokenizer(name: str, trust_remote_code: bool):
         return None, None
 
 
+def _warn_unknown(tokenizer, dataset, encoded: list[list[int]]) -> None:
+    """Say (stderr, once per file) when prompts hold characters the tokenizer maps to its unknown
+    token: a character tokenizer built for digits and operators silently reads 'é' as <unk>."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None:
+        return
+    hit = [i for i, ids in enumerate(encoded) if unk in ids]
+    if hit:
+        example = dataset.examples[hit[0]]
+        print(f"warning: {dataset.path}: {len(hit)} prompt(s) hold characters the tokenizer does not know (first: "
+              f"prompt {example.id!r}, {example.prompt[:40]!r}); they are read as {tokenizer.unk_token!r}",
+              file=sys.stderr)
+
+
 def check_context(config) -> None:
     """Refuse, before anything is loaded for long or written, a dataset whose longest prompt plus
     ``--max-new-tokens`` (and, with ``--sft-steps``, plus its longest answer and EOS) needs more
@@ -237,7 +252,9 @@ def check_context(config) -> None:
     paths = [config.dataset, resolve_eval_path(config.dataset, config.eval_dataset)]
     for split, dataset in enumerate(load_dataset(p) for p in paths if p):
         examples = dataset.examples
-        prompt = [len(ids) for ids in tokenizer([e.prompt for e in examples], add_special_tokens=False)["input_ids"]]
+        encoded = tokenizer([e.prompt for e in examples], add_special_tokens=False)["input_ids"]
+        _warn_unknown(tokenizer, dataset, encoded)
+        prompt = [len(ids) for ids in encoded]
         i = max(range(len(examples)), key=prompt.__getitem__)
         where = f"{dataset.path}: prompt {examples[i].id!r} is {prompt[i]} tokens"
         if prompt[i] + config.max_new_tokens > positions:

@@ -60,7 +60,7 @@ def load_reward_mixer(path: str | Path) -> RewardMixerConfig:
         except (json.JSONDecodeError, RecursionError) as exc:
             raise UserError(f"{path}: not valid JSON: {exc}".splitlines()[0]) from exc
     else:  # no aliases, bounded size: a hostile file cannot expand into gigabytes
-        data = load_option_yaml(str(path), f"reward mixer {path}")
+        data = load_option_yaml(str(path), f"reward mixer {path}: not valid YAML")
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping of reward axis -> weight, got {type(data).__name__}")
     if "weights" in data:

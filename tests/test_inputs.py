@@ -75,3 +75,16 @@ def test_mixer_must_name_a_produced_reward():
     check_overlap(mixer, {"correctness", "extra"}, "x")
     with pytest.raises(UserError, match="no reward-mixer weight matches"):
         check_overlap(mixer, {"accuracy"}, "x")
+
+
+def test_characters_the_tokenizer_does_not_know_are_named(tmp_path, tiny_model_dir, capsys):
+    from rg_tracer.models import check_context
+    from tests.helpers import config
+
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "3+4=\\u00e9", "answer": "7"}\n{"prompt": "1+1=", "answer": "2"}\n')
+    check_context(config(tmp_path, tiny_model_dir("qwen2"), dataset=str(data)))
+    err = capsys.readouterr().err
+    assert "1 prompt(s) hold characters the tokenizer does not know" in err and "'3+4=\u00e9'" in err
+    check_context(config(tmp_path, tiny_model_dir("qwen2")))  # the toy set: nothing to say
+    assert capsys.readouterr().err == ""
