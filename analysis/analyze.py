@@ -12,13 +12,13 @@ from pathlib import Path
 import polars as pl
 
 from analysis.correlations import DEFAULT_MAX_LAG, correlate
-from analysis.db import IngestResult, ingest
+from analysis.db import IngestError, IngestResult, ingest
 from analysis.db.store import Runs
-from analysis.report import write_index, write_run_page
+from analysis.report import report_path_clash, write_index, write_run_page
 from analysis.run_summary import RunReport
 from analysis.transitions import changes_tables
 
-__all__ = ["analyze_runs", "DRILLDOWN_TRANSITIONS", "DRILLDOWN_STEPS", "DRILLDOWN_SAMPLES"]
+__all__ = ["analyze_runs", "DRILLDOWN_TRANSITIONS", "DRILLDOWN_STEPS", "DRILLDOWN_SAMPLES", "MAX_AXES"]
 
 DRILLDOWN_TRANSITIONS = 8  # largest |delta| first
 #: A run's page is rewritten only when its log, the options or this version changed.
@@ -26,6 +26,10 @@ REPORT_VERSION = 8
 STAMP = ".report-stamp"
 DRILLDOWN_STEPS = 3  # steps looked at either side
 DRILLDOWN_SAMPLES = 3  # completions shown either side: the extremes in the direction of the change
+#: Most axes of one kind (reward, tag, verifier) a run may have for its axes to be analysed: each
+#: costs transitions, correlations with every metric and a panel. A run with more keeps its page
+#: (metrics, evals) with a note; its axes stay queryable in ``sample_axes``.
+MAX_AXES = 512
 
 
 def _split(frame: pl.DataFrame) -> dict[str, pl.DataFrame]:
@@ -62,10 +66,25 @@ def _rl_steps(metrics: pl.DataFrame, first: dict[str, dict]) -> pl.DataFrame:
         pl.col("step") > pl.col("warmup").fill_null(0)).drop("warmup")
 
 
+def _too_wide(runs: Runs) -> dict[str, str]:
+    """Runs with more than :data:`MAX_AXES` axes of one kind, and the note that says so."""
+    out = {}
+    for r in runs.axis_counts().filter(pl.col("axes") > MAX_AXES).iter_rows(named=True):
+        out.setdefault(r["run_id"], f"{r['run_id']}: {r['axes']} {r['kind']} axes, more than the {MAX_AXES} the "
+                       "report analyses per run; its axes are left out of the report (they are in the sample_axes "
+                       "table): log fewer axes, e.g. one per reward function")
+    return out
+
+
 def _notes(result: IngestResult, runs: Runs) -> list[str]:
-    """Warnings for the index page: rewritten logs, skipped lines (from the database)."""
-    notes = [f"{f.path}: the log was rewritten, so it was read again from the start"
-             for f in result.files if f.restarted]
+    """Warnings for the index page: files left out, rewritten logs, skipped lines and fields read
+    with a default (from the database)."""
+    notes = list(result.notes)
+    notes += [f"{f.path}: the log was rewritten, so it was read again from the start"
+              for f in result.files if f.restarted]
+    for r in runs.ingest_notes().iter_rows(named=True):
+        notes.append(f"{r['log_path']}: {r['lines']} line(s) read with a default, first at line {r['line']}: "
+                     f"{r['field']}: {r['message']}")
     bad = runs.bad_line_runs()
     for r in bad.iter_rows(named=True):
         if r["bad_lines"] >= r["lines"]:
@@ -97,10 +116,15 @@ def analyze_runs(
     """
     result = ingested if ingested is not None else ingest(runs_dir, db_path, progress=progress)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     with Runs(result.db_path, read_only=False) as runs:
-        fitness = runs.fitness()
-        task_fitness = runs.fitness(by_task=True)
+        clash = report_path_clash(runs.run_ids())
+        if clash:
+            raise IngestError(f"{clash}; rename one of the run directories under {runs_dir} (or report them "
+                              "into separate --out directories)")
+        out.mkdir(parents=True, exist_ok=True)
+        wide = _too_wide(runs)
+        fitness = runs.fitness().filter(~pl.col("run_id").is_in(list(wide)))
+        task_fitness = runs.fitness(by_task=True).filter(~pl.col("run_id").is_in(list(wide)))
         metrics = runs.metrics()
         first = {r["run_id"]: r for r in runs.first_run_records().iter_rows(named=True)}
         correlations, xcorr = correlate(fitness, _rl_steps(metrics, first), max_lag=max_lag)
@@ -130,4 +154,5 @@ def analyze_runs(
             rr.drilldown = _drilldown(runs, run_id, rr.transitions)
             write_run_page(out, rr)
             stamp.write_text(key)
-        return write_index(out, reports, fitness, _notes(result, runs), {rr.run_id: rr.config for rr in reports})
+        notes = list(wide.values()) + _notes(result, runs)
+        return write_index(out, reports, fitness, notes, {rr.run_id: rr.config for rr in reports})

@@ -62,7 +62,7 @@ import numpy as np
 from analysis.correlation_stats import _sidak, _t_pvalue, pearson
 from analysis.lag_profile import _bootstrap, _profile
 from analysis.prewhitening import _bartlett
-from analysis.step_series import _align, _Series, _spearman_pair
+from analysis.step_series import GAP_MARGIN, _align, _Series, _spearman_pair, _Squeeze
 
 __all__ = ["MIN_R"]
 
@@ -101,7 +101,11 @@ class _Pair:
 
 def _pair(kind: str, axis: str, metric: str, a_ser: _Series, m_ser: _Series, max_lag: int) -> _Pair:
     grid, phase = (m_ser.every, m_ser.phase) if m_ser.every >= a_ser.every else (a_ser.every, a_ser.phase)
-    mg, ag = m_ser.on(grid, phase), a_ser.on(grid, phase)
+    lags = math.ceil(max_lag / grid) if max_lag > 0 else 0
+    squeeze = _Squeeze()
+    if len(m_ser.steps) and len(a_ser.steps):  # long gaps cut: cost follows logged steps (step_series)
+        squeeze = _Squeeze.of([m_ser.grid(grid, phase), a_ser.grid(grid, phase)], lags + GAP_MARGIN)
+    mg, ag = m_ser.on(grid, phase, squeeze), a_ser.on(grid, phase, squeeze)
     pair = _Pair(kind, axis, metric, m_ser.every, grid, {})
     row = pair.row
     if mg is None or ag is None:
@@ -126,7 +130,6 @@ def _pair(kind: str, axis: str, metric: str, a_ser: _Series, m_ser: _Series, max
     own_metric = mg.persistence >= ag.persistence
     coefs = mg.coefs if own_metric else ag.coefs
     x, y = _align(mg, ag, mg.filtered(coefs, own_metric), ag.filtered(coefs, not own_metric))
-    lags = math.ceil(max_lag / grid) if max_lag > 0 else 0
     ks = np.arange(-lags, lags + 1)
     r, n = _profile(x, y, lags)
     factor = _bartlett(x, y)

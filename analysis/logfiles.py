@@ -21,6 +21,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +35,7 @@ __all__ = [
     "LogFile",
     "Chunk",
     "BadLine",
+    "Note",
     "discover_logs",
     "iter_chunks",
     "check_line",
@@ -83,6 +86,16 @@ class BadLine:
     message: str
 
 
+@dataclass(frozen=True)
+class Note:
+    """``count`` lines from ``line`` on were read with a default for ``field`` (not skipped)."""
+
+    line: int
+    field: str
+    message: str
+    count: int = 1
+
+
 def _base_id(rel: Path, root_name: str) -> str:
     parent = rel.parent.as_posix()
     if rel.name == TRAIN_LOG:
@@ -91,11 +104,29 @@ def _base_id(rel: Path, root_name: str) -> str:
     return stem if parent == "." else f"{parent}/{stem}"
 
 
-def discover_logs(runs_dir: Path, known: dict[str, str] | None = None) -> list[LogFile]:
-    """Every ``*.jsonl`` under ``runs_dir`` (hidden directories skipped).
+_FILE_TYPES = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+               (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"))
+
+
+def not_regular(path: Path) -> str | None:
+    """Why ``path`` (links followed) is not a regular file that can be read to its end, or None."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for test, name in _FILE_TYPES if test(mode)), "not a file")
+    return f"not a regular file ({kind}{', through a symlink' if os.path.islink(path) else ''})"
+
+
+def discover_logs(runs_dir: Path, known: dict[str, str] | None = None,
+                  skipped: list[str] | None = None) -> list[LogFile]:
+    """Every ``*.jsonl`` under ``runs_dir`` that is a regular file (hidden directories skipped).
 
     ``known`` maps ``rel_path -> run_id`` from earlier ingests so that ids stay
-    stable when a clashing file appears later.
+    stable when a clashing file appears later. A FIFO, a device (or a symlink to
+    one) would block or never end: it is left out, with a note in ``skipped``.
     """
     runs_dir = Path(runs_dir)
     known = dict(known or {})
@@ -105,6 +136,11 @@ def discover_logs(runs_dir: Path, known: dict[str, str] | None = None) -> list[L
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if name.endswith(".jsonl") and not name.startswith("."):
+                problem = not_regular(Path(dirpath, name))
+                if problem:
+                    if skipped is not None:
+                        skipped.append(f"{Path(dirpath, name)}: {problem}; skipped (logs must be regular files)")
+                    continue
                 rels.append(Path(dirpath, name).relative_to(runs_dir))
     # train.jsonl files first: they own the plain directory ids.
     rels.sort(key=lambda r: (r.name != TRAIN_LOG, r.as_posix()))
@@ -162,28 +198,49 @@ def _line_offsets(data: bytes) -> np.ndarray:
     return np.asarray(starts, dtype=np.int64)
 
 
-def _non_finite(record: dict) -> str | None:
-    """Path of the first NaN/Infinity among the numbers the schema types.
+#: Text that may hide a lone surrogate (``"\\ud800"``) or a number a float cannot hold (NaN,
+#: Infinity, 1e400): only lines that match are walked value by value.
+_SUSPECT = re.compile(r"\\u[dD][89a-fA-F]|NaN|Infinity|[eE]\+?([3-9]\d\d|\d{4})")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
-    JSON has no NaN; Python's ``json`` writes it anyway, and the schema says a
-    value that could not be computed is ``null``. Free-form objects (config,
-    curriculum, timing, ...) are stored as written.
+
+def _unstorable(record: object) -> str | None:
+    """``"field: problem"`` for the first lone surrogate or non-finite number anywhere in ``record``.
+
+    JSON has no NaN; Python's ``json`` writes it anyway, and the schema says a value that
+    could not be computed is ``null``. A ``"\\ud800"`` escape parses in Python but is not
+    Unicode: it could be neither stored nor printed. Iterative: a record may nest deeply.
     """
-    maps: list[tuple[str, object]] = [("rl", record.get("rl")), ("metrics", record.get("metrics"))]
-    for i, sample in enumerate(record.get("gepa") or []):
-        maps += [(f"gepa[{i}].{name}", sample.get(name)) for name in ("rewards", "tags", "verifier")]
-    for where, values in maps:
-        for key, value in (values or {}).items():
-            if isinstance(value, float) and not math.isfinite(value):
-                return f"{where}.{key}"
+    stack: list[tuple[str, object]] = [("", record)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                return (f"{where or '<record>'}: non-finite value (NaN, Infinity or beyond 1.8e308); "
+                        "write null for a value that could not be computed")
+        elif isinstance(value, str):
+            if _LONE_SURROGATE.search(value):
+                return f"{where or '<record>'}: not valid Unicode (a lone surrogate \\u escape); write UTF-8 text"
+        elif isinstance(value, dict):
+            items = []
+            for key, item in value.items():
+                if _LONE_SURROGATE.search(key):
+                    return (f"{where or '<record>'}: a key is not valid Unicode (a lone surrogate \\u escape); "
+                            "write UTF-8 text")
+                items.append((f"{where}.{key}" if where else key, item))
+            stack.extend(reversed(items))
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{i}]", item) for i, item in reversed(list(enumerate(value))))
     return None
 
 
-def check_line(raw: bytes) -> dict | str | None:
+def check_line(raw: bytes, notes: list | None = None) -> dict | str | None:
     """Parse and validate one line.
 
     Returns the upgraded record, ``None`` for a blank line (skipped silently,
-    as JSONL readers do), or ``"field: problem"``.
+    as JSONL readers do), or ``"field: problem"``. ``notes`` (a list) receives
+    ``(field, message)`` for each field read with its default
+    (:func:`rg_tracer.schema.validate`).
     """
     try:
         text = raw.decode("utf-8")
@@ -193,16 +250,22 @@ def check_line(raw: bytes) -> dict | str | None:
         return None
     try:
         record = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        msg = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+    except RecursionError:
+        return "<line>: not valid JSON (nested too deeply); write flatter records"
+    except ValueError as exc:  # JSONDecodeError, or an integer of more than 4300 digits
+        msg = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc).split(";")[0]
         return f"<line>: not valid JSON ({msg})"
+    if _SUSPECT.search(text):
+        problem = _unstorable(record)
+        if problem:
+            return problem
+    found: list = []
     try:
-        record = validate(record)
+        record = validate(record, found)
     except SchemaError as exc:
         return str(exc)
-    where = _non_finite(record)
-    if where:
-        return f"{where}: non-finite value; write null for a value that could not be computed"
+    if notes is not None:
+        notes.extend(found)
     return record
 
 

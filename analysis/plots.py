@@ -28,6 +28,20 @@ __all__ = [
 ]
 
 
+#: Most panels of a per-axis figure (each costs ~0.1 s to draw); the tables list every axis.
+MAX_PANELS = 48
+
+
+def _panels(keys: list, first: set | None = None, what: str = "axes",
+            max_panels: int = MAX_PANELS) -> tuple[list, str | None]:
+    """The keys drawn (rewards, then those in ``first``, then by name) and a title saying what was left out."""
+    ordered = sorted(keys, key=lambda k: (k[0] != "reward", k not in (first or set()), k))
+    if len(ordered) <= max_panels:
+        return sorted(keys), None
+    shown = sorted(ordered[:max_panels])
+    return shown, f"{len(shown)} of {len(ordered)} {what} (every one is in the tables)"
+
+
 def axis_curves(fitness: pl.DataFrame, transitions: pl.DataFrame) -> Figure:
     """Per axis: step mean (thin), EMA (thick), ±1 standard error band, transitions shaded.
 
@@ -37,8 +51,10 @@ def axis_curves(fitness: pl.DataFrame, transitions: pl.DataFrame) -> Figure:
     series = fitness.partition_by(["kind", "axis"], as_dict=True, maintain_order=True)
     if not series:
         return _empty("no axis values logged")
-    fig, axes = _grid(len(series))
-    for ax, ((kind, axis), frame) in zip(axes, sorted(series.items())):
+    changed = set(transitions.select("kind", "axis").iter_rows()) if transitions.height else set()
+    keys, note = _panels(list(series), changed)
+    fig, axes = _grid(len(keys), title=note)
+    for ax, ((kind, axis), frame) in zip(axes, [(k, series[k]) for k in keys]):
         f = _thin(frame.sort("step"))
         x = f["step"].to_numpy()
         mean = f["mean"].to_numpy()
@@ -196,8 +212,9 @@ def task_curves(task_fitness: pl.DataFrame) -> Figure:
     series = task_fitness.partition_by(["kind", "axis"], as_dict=True, maintain_order=True)
     if not series:
         return _empty("no per-task values")
-    fig, axes = _grid(len(series))
-    for ax, ((kind, axis), frame) in zip(axes, sorted(series.items())):
+    keys, note = _panels(list(series))
+    fig, axes = _grid(len(keys), title=note)
+    for ax, ((kind, axis), frame) in zip(axes, [(k, series[k]) for k in keys]):
         for i, ((task,), f) in enumerate(sorted(frame.partition_by(["task_id"], as_dict=True).items(),
                                                 key=lambda kv: str(kv[0][0]))):
             f = _thin(f.sort("step"))
@@ -214,8 +231,9 @@ def eval_vs_train(fitness: pl.DataFrame, evals: pl.DataFrame) -> Figure:
     names = sorted(evals["axis"].unique().to_list())
     if not names:
         return _empty("no eval records")
-    fig, axes = _grid(len(names))
-    for ax, name in zip(axes, names):
+    keys, note = _panels([("reward", name) for name in names], what="eval metrics")
+    fig, axes = _grid(len(keys), title=note)
+    for ax, name in zip(axes, [k[1] for k in keys]):
         train = _thin(fitness.filter((pl.col("kind") == "reward") & (pl.col("axis") == name)).sort("step"))
         if not train.is_empty():
             ax.plot(train["step"].to_numpy(), train["ema"].to_numpy(), color="C0", label="train EMA")

@@ -31,7 +31,30 @@ from analysis.report_sections import (
 )
 from analysis.run_summary import RunReport, _grokking, summary
 
-__all__ = ["write_run_page", "write_index"]
+__all__ = ["write_run_page", "write_index", "report_path_clash", "RUN_FILES", "INDEX_FILES"]
+
+#: What a run page writes into ``<out>/<run_id>/``, and the index into ``<out>/``.
+RUN_FILES = ("index.html", "summary.json", ".report-stamp", "axes.png", "metrics.png", "correlations.png",
+             "lead_lag.png", "tasks.png", "eval.png", "grokking.png")
+INDEX_FILES = ("index.html", "index_files/compare.png", "index_files/generalisation.png")
+
+
+def report_path_clash(run_ids: list[str]) -> str | None:
+    """A one-line description of two runs (or a run and the index) whose report paths collide, or None.
+
+    Run ids are paths: run ``a`` writes ``a/index.html``, which run ``a/index.html`` needs as a directory.
+    """
+    owner: dict[str, str] = {f: "the index page" for f in INDEX_FILES}
+    for run_id in run_ids:
+        owner.update({f"{run_id}/{f}": repr(run_id) for f in RUN_FILES})
+    for run_id in run_ids:
+        parts = run_id.split("/")
+        for i in range(1, len(parts) + 1):
+            prefix = "/".join(parts[:i])
+            if prefix in owner:
+                return (f"runs {owner[prefix]} and {run_id!r} collide in the report: {prefix} is a file of the first "
+                        "and a directory of the second")
+    return None
 
 
 def write_run_page(out: Path, rr: RunReport) -> Path:

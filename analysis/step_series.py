@@ -12,6 +12,14 @@ or lagged pair that touches a missing grid point is dropped.
 How this departs from the methods of :mod:`analysis.lead_lag_test`: sparse series are
 block-averaged onto the coarser grid (not in any of the references).
 
+**Cost.** Memory and time follow the number of *logged* steps, not their values: where a pair's
+grid has a gap (no value in either series) longer than the lags looked at plus
+:data:`GAP_MARGIN` grid points, the gap is cut to that length before any array is built (one
+log line at step 50,000,000 after steps 1..100 costs 100 + a few dozen grid points, not 50M).
+Nothing a test compares spans such a gap (lags, the AR filter's order <= 10, Bartlett's 10
+autocorrelations, differences), so the statistics are those of the uncut grid, except that
+the AR order limit ``n // 10`` and the block bootstrap see the shorter series.
+
 A gridded series caches what the tests ask of it (whether it varies, its AR filter and
 prewhitened residuals from :mod:`analysis.prewhitening`, its differences and ranks), so each
 series is filtered once however many pairs it is in.
@@ -30,6 +38,9 @@ from analysis.prewhitening import ar_fit, ar_residuals
 #: A series whose value changes at fewer steps than this (and 1% of its steps)
 #: is treated as constant: a few blips cannot carry a correlation.
 MIN_CHANGES = 10
+#: Grid points kept of a gap beyond the lags looked at: more than the AR order (<= 10) and
+#: Bartlett's autocorrelation lags (10), so no compared pair spans a cut gap.
+GAP_MARGIN = 12
 
 
 def _changes(v: np.ndarray) -> bool:
@@ -55,7 +66,33 @@ def _cadence(steps: np.ndarray) -> tuple[int, int]:
     every = max(1, int(np.median(np.diff(steps))))
     if every == 1:
         return 1, 0
-    return every, int(np.bincount(steps % every).argmax())
+    residues, counts = np.unique(steps % every, return_counts=True)  # not bincount: every may be huge
+    return every, int(residues[np.argmax(counts)])
+
+
+@dataclass(frozen=True)
+class _Squeeze:
+    """Grid index -> array position, with every gap longer than ``keep`` cut to ``keep`` points."""
+
+    points: np.ndarray | None = None  # sorted grid indices with a value (None: the identity)
+    shift: np.ndarray | None = None  # positions to subtract at each of ``points``
+
+    @classmethod
+    def of(cls, grids: list[np.ndarray], keep: int) -> _Squeeze:
+        points = np.unique(np.concatenate(grids))
+        cut = np.maximum(np.diff(points) - keep - 1, 0)
+        if not cut.any():
+            return cls()
+        return cls(points, np.concatenate([[0], np.cumsum(cut)]))
+
+    @property
+    def key(self) -> bytes | None:
+        return None if self.points is None else self.points.tobytes() + self.shift.tobytes()
+
+    def __call__(self, g: np.ndarray) -> np.ndarray:
+        if self.points is None:
+            return g
+        return g - self.shift[np.searchsorted(self.points, g)]
 
 
 @dataclass
@@ -145,13 +182,17 @@ class _Series:
         every, phase = _cadence(steps)
         return cls(steps, values, every, phase)
 
-    def on(self, every: int, phase: int) -> _Gridded | None:
-        key = (every, phase)
+    def grid(self, every: int, phase: int) -> np.ndarray:
+        """The grid index of each logged value (nearest grid point: centred blocks)."""
+        return (self.steps - phase + every // 2) // every
+
+    def on(self, every: int, phase: int, squeeze: _Squeeze = _Squeeze()) -> _Gridded | None:
+        key = (every, phase, squeeze.key)
         if key not in self.grids:
             if len(self.steps) == 0:
                 self.grids[key] = None
             else:
-                g = (self.steps - phase + every // 2) // every  # nearest grid point (centred blocks)
+                g = squeeze(self.grid(every, phase))
                 g0 = int(g[0])
                 idx = g - g0
                 counts = np.bincount(idx)
@@ -159,7 +200,7 @@ class _Series:
                 with np.errstate(invalid="ignore", divide="ignore"):
                     values = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
                 self.grids[key] = _Gridded(g0, values)
-        return self.grids[key]
+        return self.grids.pop(key) if squeeze.key is not None else self.grids[key]  # a cut grid: one pair's
 
     @property
     def own(self) -> _Gridded | None:

@@ -25,10 +25,20 @@ A log is one JSON object per line. Every record carries ``"schema"`` and
 the upstream project (no ``schema``/``kind``). :func:`step_record` and friends build the
 records every writer writes; :func:`supersede` is the one rule for resumed segments.
 ``docs/log_schema.md`` is the prose version.
+
+Readers and writers check differently. ``validate(record)`` (the writers' tests) refuses a record
+that lacks anything the format promises. ``validate(record, notes)`` (the ingester) protects the
+analysis, not the writer: a missing or mistyped field the analysis can do without (``versions``,
+``config``, ``seed``, an ``rl`` metric, a sample's ``tags``, an eval's ``n``, ...) is read with its
+default and noted in ``notes`` as ``(field, message)``; only what the analysis cannot use is an
+error. Integers are bounded: steps (and ``resumed_from_step``) by :data:`MAX_STEP`, counts by
+:data:`MAX_COUNT`. Step records may carry step 0 (upstream counts from 0; rg-tracer writes from 1).
 """
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Any
 
 __all__ = [
@@ -40,6 +50,9 @@ __all__ = [
     "GENERATION_KEYS",
     "ES_KEYS",
     "UPSTREAM_PREFIX",
+    "UPSTREAM_NAMES",
+    "MAX_STEP",
+    "MAX_COUNT",
     "SchemaError",
     "upgrade",
     "validate",
@@ -68,6 +81,16 @@ UPSTREAM_PREFIX = "upstream/"
 ES_KEYS = ("fitness_mean", "fitness_std", "fitness_min", "fitness_max", "best_member", "update_norm",
            "sigma", "rank", "population")
 PHASES = ("rl", "sft", "es")
+#: The largest ``step`` (and ``resumed_from_step``) a record may carry: a larger one is a bad line.
+#: Analysis costs grow with the number of logged steps, not with their values, but steps are
+#: stored as 64-bit integers and shown in reports; 10^12 leaves room for any real run.
+MAX_STEP = 10**12
+#: The largest count (``n``, token counts): what a 64-bit integer column holds.
+MAX_COUNT = 2**63 - 1
+#: Upstream's names for quantities rg-tracer logs under its own name, read in upstream-shaped
+#: records (no ``schema``/``kind``); a name already present in the record wins over a mapped one.
+UPSTREAM_NAMES = {"loss/total": "loss", "loss/policy": "policy_loss", "kl/value": "kl", "learning_rate": "lr",
+                  "reward/mean": "reward_mixed_mean", "reward/std": "reward_mixed_std"}
 
 SAMPLE_KEYS = ("rewards", "tags", "verifier", "meta", "abstained")
 GENERATION_KEYS = (
@@ -109,6 +132,9 @@ def upgrade(record: Any) -> dict:
         upgraded["schema"] = SCHEMA
         upgraded["kind"] = "step"
         upgraded.setdefault("rl", {})
+        rl = upgraded["rl"]
+        if isinstance(rl, dict) and any(key in UPSTREAM_NAMES for key in rl):
+            upgraded["rl"] = _upstream_names(rl)
         upgraded["gepa"] = [
             {**{"verifier": {}, "tags": {}, "meta": {}, "abstained": False}, **s}
             if isinstance(s, dict)
@@ -118,6 +144,18 @@ def upgrade(record: Any) -> dict:
         upgraded.setdefault("generation", [])
         return upgraded
     raise SchemaError("schema", "missing; not an rg-tracer record nor an upstream step record")
+
+
+def _upstream_names(rl: dict) -> dict:
+    """``rl`` with upstream's names of rg-tracer's quantities mapped (:data:`UPSTREAM_NAMES`), order kept."""
+    out = {}
+    for key, value in rl.items():
+        new = UPSTREAM_NAMES.get(key)
+        if new is None or new in rl or new in out:
+            out.setdefault(key, value)
+        else:
+            out[new] = value
+    return out
 
 
 # rg-tracer/1 wrote upstream's train_step metrics into ``rl`` under their own names: these
@@ -163,41 +201,109 @@ def upgrade_v1(record: dict) -> dict:
     return out
 
 
+def _short(value: Any) -> str:
+    """``repr(value)``, cut to fit a one-line message."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _number(value: Any) -> bool:
+    """A JSON number a 64-bit float holds (an integer of 400 digits is a JSON number, but no float)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return abs(value) <= _FLOAT_MAX
+    return isinstance(value, float)
+
+
+_FLOAT_MAX = 1.7976931348623157e308
+
+
 def _number_map(value: Any, field: str) -> None:
     if not isinstance(value, dict):
         raise SchemaError(field, f"expected an object of numbers, got {type(value).__name__}")
     for key, number in value.items():
-        if isinstance(number, bool) or not isinstance(number, (int, float)):
-            raise SchemaError(f"{field}.{key}", f"expected a number, got {number!r}")
+        if not _number(number):
+            raise SchemaError(f"{field}.{key}", f"expected a number (within float range), got {_short(number)}")
 
 
-def _int(value: Any, field: str, minimum: int = 0) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise SchemaError(field, f"expected an integer >= {minimum}, got {value!r}")
+_BOUNDS = {MAX_STEP: "10^12", MAX_COUNT: "2^63-1"}
 
 
-def _validate_step(record: dict) -> None:
+def _int(value: Any, field: str, minimum: int = 0, maximum: int = MAX_STEP) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise SchemaError(field, f"expected an integer from {minimum} to {_BOUNDS.get(maximum, maximum)}, "
+                                 f"got {_short(value)}")
+
+
+def _optional(record: dict, key: str, ok, default: Any, notes: list | None, field: str | None = None) -> None:
+    """Keep ``record[key]`` if ``ok(value)``; else a reader reads ``default`` and notes it, a writer's check fails."""
+    value = record.get(key)
+    if key in record and ok(value):
+        return
+    field = field or key
+    problem = "missing" if key not in record else f"expected {ok.__doc__}, got {_short(value)}"
+    if notes is None:
+        raise SchemaError(field, problem)
+    notes.append((field, f"{problem}; read as {json.dumps(default)}"))
+    record[key] = default
+
+
+def _object(value: Any) -> bool:
+    """an object"""
+    return isinstance(value, dict)
+
+
+def _boolean(value: Any) -> bool:
+    """true or false"""
+    return isinstance(value, bool)
+
+
+def _number_or_null(value: Any) -> bool:
+    """a finite number or null"""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return abs(value) <= MAX_COUNT
+    return value is None or (isinstance(value, float) and math.isfinite(value))
+
+
+def _int64_or_null(value: Any) -> bool:
+    """an integer or null"""
+    return value is None or (not isinstance(value, bool) and isinstance(value, int)
+                             and -MAX_COUNT - 1 <= value <= MAX_COUNT)
+
+
+def _count_or_null(value: Any) -> bool:
+    """an integer from 0 to 2^63-1 or null"""
+    return value is None or (not isinstance(value, bool) and isinstance(value, int) and 0 <= value <= MAX_COUNT)
+
+
+def _weights_or_null(value: Any) -> bool:
+    """an object of numbers or null"""
+    return value is None or (isinstance(value, dict) and all(_number(v) for v in value.values()))
+
+
+def _validate_step(record: dict, notes: list | None) -> None:
     _int(record.get("step"), "step")
     phase = record.get("phase", "rl")
     if phase not in PHASES:
-        raise SchemaError("phase", f"expected one of {', '.join(PHASES)}, got {phase!r}")
+        raise SchemaError("phase", f"expected one of {', '.join(PHASES)}, got {_short(phase)}")
     rl = record.get("rl")
     if not isinstance(rl, dict):
         raise SchemaError("rl", "expected an object")
     for key in RL_KEYS if phase != "es" else ():
         if key not in rl:
-            raise SchemaError(f"rl.{key}", "missing")
+            if notes is None:
+                raise SchemaError(f"rl.{key}", "missing")
+            notes.append((f"rl.{key}", "missing; read as a missing metric (null)"))
     for key, value in rl.items():
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise SchemaError(f"rl.{key}", f"expected a number or null, got {value!r}")
+        if value is not None and not _number(value):
+            raise SchemaError(f"rl.{key}", f"expected a number (within float range) or null, got {_short(value)}")
     if phase == "es":
         es = record.get("es")
         if not isinstance(es, dict):
             raise SchemaError("es", "expected an object (an ES step's fitness statistics)")
         for key in ES_KEYS:
             value = es.get(key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise SchemaError(f"es.{key}", f"expected a number, got {value!r}")
+            if not _number(value):
+                raise SchemaError(f"es.{key}", f"expected a number (within float range), got {_short(value)}")
     gepa = record.get("gepa")
     generation = record.get("generation")
     if not isinstance(gepa, list) or not isinstance(generation, list):
@@ -210,9 +316,16 @@ def _validate_step(record: dict) -> None:
         where = f"gepa[{i}]"
         if not isinstance(sample, dict):
             raise SchemaError(where, "expected an object")
-        for key in SAMPLE_KEYS:
-            if key not in sample:
-                raise SchemaError(f"{where}.{key}", "missing")
+        if "rewards" not in sample:
+            raise SchemaError(f"{where}.rewards", "missing")
+        missing = [key for key in SAMPLE_KEYS if key not in sample]
+        if missing:
+            if notes is None:
+                raise SchemaError(f"{where}.{missing[0]}", "missing")
+            gepa[i] = sample = dict(sample)
+            for key in missing:
+                _optional(sample, key, _boolean if key == "abstained" else _object,
+                          False if key == "abstained" else {}, notes, f"{where}.{key}")
         for key in ("rewards", "tags", "verifier"):
             _number_map(sample[key], f"{where}.{key}")
         if not isinstance(sample["abstained"], bool):
@@ -224,30 +337,36 @@ def _validate_step(record: dict) -> None:
         for key in GENERATION_KEYS:
             if key not in gen:
                 raise SchemaError(f"{where}.{key}", "missing")
-        _int(gen["prompt_tokens"], f"{where}.prompt_tokens")
-        _int(gen["completion_tokens"], f"{where}.completion_tokens")
+        _int(gen["prompt_tokens"], f"{where}.prompt_tokens", maximum=MAX_COUNT)
+        _int(gen["completion_tokens"], f"{where}.completion_tokens", maximum=MAX_COUNT)
         if not isinstance(gen["completion"], str):
             raise SchemaError(f"{where}.completion", "expected a string")
 
 
-def _validate_eval(record: dict) -> None:
+def _validate_eval(record: dict, notes: list | None) -> None:
     _int(record.get("step"), "step")
     if not isinstance(record.get("split"), str) or not record["split"]:
         raise SchemaError("split", "expected a non-empty string")
-    _int(record.get("n"), "n")
+    if "n" in record or notes is None:
+        _int(record.get("n"), "n", maximum=MAX_COUNT)
+    else:
+        _optional(record, "n", _count_or_null, None, notes)
     _number_map(record.get("metrics"), "metrics")
 
 
-def _validate_run(record: dict) -> None:
+def _validate_run(record: dict, notes: list | None) -> None:
     for key in ("config", "versions", "model", "dataset"):
-        if not isinstance(record.get(key), dict):
-            raise SchemaError(key, "expected an object")
+        _optional(record, key, _object, {}, notes)
+    if notes is not None:  # what the writer always writes, but the analysis can do without
+        _optional(record, "time", _number_or_null, None, notes)
+        _optional(record, "seed", _int64_or_null, None, notes)
+        _optional(record, "reward_weights", _weights_or_null, None, notes)
     resumed = record.get("resumed_from_step")
-    if resumed is not None:
+    if resumed is not None:  # it decides which earlier records survive: never guessed
         _int(resumed, "resumed_from_step")
 
 
-def _validate_end(record: dict) -> None:
+def _validate_end(record: dict, notes: list | None) -> None:
     _int(record.get("step"), "step")
     if record.get("status") not in ("completed", "interrupted"):
         raise SchemaError("status", "expected 'completed' or 'interrupted'")
@@ -261,13 +380,23 @@ _VALIDATORS = {
 }
 
 
-def validate(record: Any) -> dict:
-    """Upgrade and check one record; return it or raise :class:`SchemaError`."""
+def validate(record: Any, notes: list | None = None) -> dict:
+    """Upgrade and check one record; return it or raise :class:`SchemaError`.
+
+    Without ``notes`` (a writer's check) every field the format promises must be there. With a
+    list (a reader), a field the analysis can do without is read with its default when missing
+    or mistyped, and ``(field, message)`` is appended to ``notes``; the record may then be a
+    modified copy.
+    """
     record = upgrade(record)
     kind = record.get("kind")
     if kind not in _VALIDATORS:
-        raise SchemaError("kind", f"expected one of {', '.join(KINDS)}, got {kind!r}")
-    _VALIDATORS[kind](record)
+        raise SchemaError("kind", f"expected one of {', '.join(KINDS)}, got {_short(kind)}")
+    if notes is not None:
+        record = dict(record)
+        if kind == "step" and isinstance(record.get("gepa"), list):
+            record["gepa"] = list(record["gepa"])
+    _VALIDATORS[kind](record, notes)
     return record
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import duckdb
 from tqdm import tqdm
 
-from analysis.db._load import FileReport, FileState, load_file
+from analysis.db._load import FileReport, FileState, StorageError, first_line, is_storage_error, load_file
 from analysis.db._tables import DDL, DERIVED_TABLES, LAYOUT, VIEWS
 from analysis.logfiles import discover_logs
 
@@ -35,6 +35,7 @@ class IngestResult:
 
     db_path: Path
     files: list[FileReport] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # one line each: files left out, and why
 
     @property
     def n_errors(self) -> int:
@@ -121,41 +122,65 @@ def ingest(
     """Load new lines of every ``*.jsonl`` under ``runs_dir`` into ``db_path``.
 
     ``progress=None`` shows a tqdm bar on stderr only when it is a terminal.
-    Raises :class:`IngestError` for user mistakes (no logs, database in use).
+    Raises :class:`IngestError` for user mistakes (no logs, database in use) and when the database
+    cannot store a chunk (disk full, out of memory): then no line is skipped, and the next call
+    resumes at that chunk.
     """
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise IngestError(f"{runs_dir} is not a directory; pass the directory your training runs write to")
     db_path = Path(db_path) if db_path is not None else runs_dir / DEFAULT_DB
-    if not discover_logs(runs_dir):  # before creating a database for nothing
+    skipped: list[str] = []
+    if not discover_logs(runs_dir, skipped=skipped):  # before creating a database for nothing
+        also = f" ({len(skipped)} not regular files: {skipped[0]})" if skipped else ""
         raise IngestError(
-            f"no *.jsonl logs under {runs_dir}; point RUNS_DIR at the directory that holds your runs "
+            f"no *.jsonl logs under {runs_dir}{also}; point RUNS_DIR at the directory that holds your runs "
             "(each run writes <run_dir>/train.jsonl)"
         )
     con = connect(db_path)
     try:
-        _prepare(con, runs_dir, db_path)
-        states = _states(con)
-        logs = discover_logs(runs_dir, {rel: s.run_id for rel, s in states.items()})
-        for log in logs:
-            states.setdefault(log.rel_path, FileState(log.rel_path, log.run_id, str(log.path), str(log.run_dir)))
-            states[log.rel_path].path, states[log.rel_path].run_dir = str(log.path), str(log.run_dir)
-        todo = sum(max(0, log.path.stat().st_size - states[log.rel_path].byte_offset) for log in logs)
-        result = IngestResult(db_path)
-        disable = None if progress is None else not progress
-        with tqdm(total=todo, unit="B", unit_scale=True, desc="ingest", file=sys.stderr, disable=disable) as bar:
-            for log in logs:
-                state = states[log.rel_path]
-                report = load_file(con, state, chunk_bytes, bar)
-                if report.new_lines or report.restarted or not _has_run_row(con, state.run_id):
-                    _refresh_run(con, state)
-                result.files.append(report)
-        if any(f.new_lines or f.restarted for f in result.files):
-            for table in DERIVED_TABLES:  # stale now; analyze writes them again
-                con.execute(f"DROP TABLE IF EXISTS {table}")
-        return result
+        return _ingest(con, runs_dir, db_path, progress, chunk_bytes)
+    except StorageError as exc:
+        raise IngestError(
+            f"{exc.path}: lines {exc.first_line}-{exc.last_line} could not be stored in {db_path} ({exc.detail}); "
+            f"no line was skipped: free disk space (or memory) and run ingest again, it resumes at line "
+            f"{exc.first_line}") from None
+    except duckdb.Error as exc:
+        if not is_storage_error(exc):
+            raise
+        raise IngestError(f"could not write {db_path} ({first_line(exc)}); no line was skipped: free disk space "
+                          "(or memory) and run ingest again, it resumes where it stopped") from None
     finally:
-        con.close()
+        try:
+            con.close()
+        except duckdb.Error:
+            pass  # an invalidated database, or no room for the checkpoint: committed chunks are in the WAL
+
+
+def _ingest(con, runs_dir: Path, db_path: Path, progress: bool | None, chunk_bytes: int) -> IngestResult:
+    result = IngestResult(db_path)
+    _prepare(con, runs_dir, db_path)
+    states = _states(con)
+    logs = discover_logs(runs_dir, {rel: s.run_id for rel, s in states.items()}, result.notes)
+    for log in logs:
+        states.setdefault(log.rel_path, FileState(log.rel_path, log.run_id, str(log.path), str(log.run_dir)))
+        states[log.rel_path].path, states[log.rel_path].run_dir = str(log.path), str(log.run_dir)
+    todo = sum(max(0, log.path.stat().st_size - states[log.rel_path].byte_offset) for log in logs)
+    disable = None if progress is None else not progress
+    with tqdm(total=todo, unit="B", unit_scale=True, desc="ingest", file=sys.stderr, disable=disable) as bar:
+        for log in logs:
+            state = states[log.rel_path]
+            report = load_file(con, state, chunk_bytes, bar)
+            if report.skipped:
+                result.notes.append(report.skipped)
+                continue
+            if report.new_lines or report.restarted or not _has_run_row(con, state.run_id):
+                _refresh_run(con, state)
+            result.files.append(report)
+    if any(f.new_lines or f.restarted for f in result.files):
+        for table in DERIVED_TABLES:  # stale now; analyze writes them again
+            con.execute(f"DROP TABLE IF EXISTS {table}")
+    return result
 
 
 def _has_run_row(con, run_id: str) -> bool:

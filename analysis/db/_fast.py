@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from analysis.db._shape import AXIS_FIELDS, StepShape, step_shape, struct_ok
 from analysis.logfiles import Chunk
-from rg_tracer.schema import SCHEMA
+from rg_tracer.schema import MAX_STEP, SCHEMA
 
 __all__ = [
     "Classified",
@@ -70,6 +70,7 @@ class Classified:
     rl_keys: list[str] = field(default_factory=list)
     es_keys: list[str] = field(default_factory=list)
     axis_keys: dict[str, list[str]] = field(default_factory=lambda: {f: [] for f in AXIS_FIELDS})
+    missing_rl: list[tuple[str, list[int]]] = field(default_factory=list)  # (RL key, fast lines without it)
 
 
 def _union(into: list[str], keys: list[str]) -> None:
@@ -77,20 +78,31 @@ def _union(into: list[str], keys: list[str]) -> None:
     into.extend(k for k in keys if k not in seen and not seen.add(k))
 
 
-def classify(con: duckdb.DuckDBPyConnection, view: str) -> Classified:
-    """Split the lines of ``view`` into fast and Python lines (raises on bad JSON)."""
+def classify(con: duckdb.DuckDBPyConnection, view: str,
+             checked: set[int] | frozenset[int] = frozenset()) -> Classified:
+    """Split the lines of ``view`` into fast and Python lines (raises on bad JSON).
+
+    ``checked``: lines the Python path has validated and written back: step-shaped, they are not
+    suspects (their text may still look like one, e.g. ``1e+300``).
+    """
     groups = con.execute(
-        f"SELECT st, list(ln) FROM (SELECT ln, json_structure(line) AS st FROM {view}) GROUP BY st"
+        f"""SELECT st, list(ln), max(n) FROM (SELECT ln, json_structure(line) AS st,
+                                                     json_array_length(line, '$.gepa') AS n FROM {view})
+            GROUP BY st"""
     ).fetchall()
     out = Classified()
     shapes: list[tuple[StepShape, list[int]]] = []
-    for structure, lns in groups:
+    most = 0  # samples in the largest step line
+    for structure, lns, n in groups:
         shape = step_shape(structure)
         if shape is None:
             out.python_lns.extend(lns)
         else:
             shapes.append((shape, lns))
+            most = max(most, n or 0)
     suspect = set(_suspect_lines(con, view, shapes))
+    suspect.update(_duplicate_keys(con, view, shapes, most))
+    suspect -= checked
     for shape, lns in shapes:
         _union(out.rl_keys, shape.rl_keys)
         _union(out.es_keys, shape.es_keys)
@@ -98,17 +110,25 @@ def classify(con: duckdb.DuckDBPyConnection, view: str) -> Classified:
             _union(out.axis_keys[name], shape.axis_keys[name])
         for ln in lns:
             (out.python_lns if ln in suspect else out.fast_lns).append(ln)
+        fast = [ln for ln in lns if ln not in suspect]
+        if fast:
+            out.missing_rl += [(key, fast) for key in shape.missing_rl]
     out.fast_lns.sort()
     out.python_lns.sort()
     return out
 
 
 def _suspect_lines(con, view: str, shapes: list[tuple[StepShape, list[int]]]) -> list[int]:
-    """Step-shaped lines with a null axis value or an axis object shaped ``"JSON"``."""
+    """Step-shaped lines with a null axis value, an axis object shaped ``"JSON"``, or a number
+    written with an exponent of 300 or more (``1e400`` parses as infinity: the Python path
+    refuses it, wherever it is)."""
     if not shapes:
         return []
     nulls = " OR ".join(f"list_contains(json_type(line, '$.gepa[*].{f}.*'), 'NULL')" for f in AXIS_FIELDS)
-    found = con.execute(f"SELECT list(ln) FROM {view} WHERE contains(line, 'null') AND ({nulls})").fetchall()[0][0]
+    found = con.execute(
+        f"""SELECT list(ln) FROM {view} WHERE (contains(line, 'null') AND ({nulls}))
+                                           OR regexp_matches(line, '[eE]\\+?([3-9][0-9][0-9]|[0-9]{4})')"""
+    ).fetchall()[0][0]
     found = list(found or [])
     for name in AXIS_FIELDS:
         lns = [ln for shape, group in shapes if name in shape.ambiguous for ln in group]
@@ -122,6 +142,32 @@ def _suspect_lines(con, view: str, shapes: list[tuple[StepShape, list[int]]]) ->
         ).fetchall()[0][0]
         found.extend(bad or [])
     return found
+
+
+#: Objects whose keys SQL reads, per sample (``$.gepa[i]``...) and per line.
+_SAMPLE_OBJECTS = ("", ".rewards", ".tags", ".verifier", ".meta")
+
+
+def _duplicate_keys(con, view: str, shapes: list[tuple[StepShape, list[int]]], most: int) -> list[int]:
+    """Step-shaped lines with a key written twice in one object SQL reads.
+
+    DuckDB's ``json_transform`` keeps the first of two equal keys, Python's ``json`` (and so
+    the Python path) the last: those lines take the Python path. ``json_keys`` with a list of
+    paths parses each line once; wildcards are not allowed there, so sample paths are listed
+    up to the chunk's largest sample count, ``most``. (This costs about a third of the fast path's
+    time; the cheaper checks tried, counts of keys per line, miss a repeated key in one sample
+    when another sample lacks it.)
+    """
+    if not shapes:
+        return []
+    paths = ["$", "$.rl", "$.es"] + [f"$.{name}[{i}]{part}" for i in range(most)
+                                     for name, parts in (("gepa", _SAMPLE_OBJECTS), ("generation", ("",)))
+                                     for part in parts]
+    found = con.execute(
+        f"""SELECT list(ln) FROM {view} WHERE list_bool_or(list_transform(json_keys(line, $1),
+                lambda k: len(k) > 1 AND len(k) != len(list_distinct(k))))""", [paths]
+    ).fetchall()[0][0]
+    return list(found or [])
 
 
 class _Params:
@@ -182,24 +228,30 @@ def stage_steps(con: duckdb.DuckDBPyConnection, cls: Classified) -> tuple[np.nda
     p = _Params(None)
     rl_type, terms = _values("r.rl", cls.rl_keys, p)
     shape = {"schema": "VARCHAR", "kind": "VARCHAR", "step": "BIGINT", "time": "DOUBLE", "rl": rl_type,
-             "curriculum": "JSON", "safety": "JSON", "timing": "JSON"}
+             "curriculum": "JSON", "safety": "JSON", "timing": "JSON", "phase": "VARCHAR"}
+    has_es = "false"
     if cls.es_keys:  # an ES step's statistics join its metrics as es/<name> (null in RL steps)
         shape["es"], es_terms = _values("r.es", cls.es_keys, p)
         terms += es_terms
+        has_es = "r.es IS NOT NULL"
     p.values[0] = json.dumps(shape)
     values = "[" + ", ".join(terms) + "]::DOUBLE[]"
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE _st AS
             SELECT ln, r.schema AS schema, r.kind AS kind, r.step AS step, r.time AS time,
                    r.curriculum AS curriculum, r.safety AS safety, r.timing AS timing,
+                   coalesce(r.phase, 'rl') AS phase, {has_es} AS has_es,
                    {_checked("v", "non-finite rl value")} AS rl_values
             FROM (SELECT ln, r, {values} AS v FROM (SELECT ln, json_transform(line, $1) AS r FROM _fast))""",
         p.values,
     )
+    # what the Python path refuses (schema.validate): then the chunk takes the Python path, which says why
     con.execute(
         """SELECT CASE WHEN count(*) > 0 THEN error('not a step record') END FROM _st
-           WHERE step IS NULL OR step < 0 OR NOT ((schema = $1 AND kind = 'step')
-                                                  OR (schema IS NULL AND kind IS NULL))""", [SCHEMA]
+           WHERE step IS NULL OR step < 0 OR step > $2 OR NOT ((schema = $1 AND kind = 'step')
+                                                               OR (schema IS NULL AND kind IS NULL))
+              OR phase NOT IN ('rl', 'sft', 'es') OR (phase = 'es' AND NOT has_es)""",
+        [SCHEMA, MAX_STEP]
     ).fetchall()
     rows = con.execute("SELECT ln, step FROM _st ORDER BY ln").fetchnumpy()
     return np.asarray(rows["ln"], dtype=np.int64), np.asarray(rows["step"], dtype=np.int64)

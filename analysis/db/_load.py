@@ -5,6 +5,11 @@ path for the rest; the Python path for every line (after any SQL error); and
 finally one line at a time, so one line DuckDB cannot store costs that line
 only. The file's byte offset is committed with the rows, so an interrupted
 ingest resumes exactly where the last committed chunk ended.
+
+An error of the database itself (disk full, out of memory, I/O, a database
+DuckDB has invalidated) is no fault of any line: it aborts the chunk with
+:class:`StorageError`, nothing is recorded as bad, the offsets stay at the last
+committed chunk, and the next ingest reads the chunk again.
 """
 
 from __future__ import annotations
@@ -27,11 +32,11 @@ from analysis.db._fast import (
     lines_table,
     stage_steps,
 )
-from analysis.db._records import PythonLines, dumps, read_python_lines, supersede
+from analysis.db._records import PythonLines, count_notes, dumps, read_python_lines, supersede
 from analysis.db._tables import STEP_TABLES
-from analysis.logfiles import BadLine, Chunk, iter_chunks
+from analysis.logfiles import BadLine, Chunk, Note, iter_chunks, not_regular
 
-__all__ = ["FileState", "FileReport", "load_file", "HEAD_BYTES", "MAX_STORED_ERRORS"]
+__all__ = ["FileState", "FileReport", "StorageError", "load_file", "HEAD_BYTES", "MAX_STORED_ERRORS"]
 
 HEAD_BYTES = 4096  # hashed to notice a log that was replaced, not appended to
 MAX_STORED_ERRORS = 1000  # per chunk, in ingest_errors
@@ -65,6 +70,37 @@ class FileReport:
     errors: list[BadLine] = field(default_factory=list)
     n_errors: int = 0
     restarted: bool = False
+    notes: list[Note] = field(default_factory=list)  # fields read with a default, one per (field, message)
+    skipped: str | None = None  # why the file was not read at all
+
+
+class StorageError(Exception):
+    """The database could not store a chunk (disk full, I/O, memory): no line's fault."""
+
+    def __init__(self, path: str, first_line: int, last_line: int, detail: str) -> None:
+        super().__init__(detail)
+        self.path, self.first_line, self.last_line, self.detail = path, first_line, last_line, detail
+
+
+#: DuckDB errors of the database itself, never of a line's content.
+_STORAGE_ERRORS = (duckdb.OperationalError, duckdb.FatalException, duckdb.InternalError, duckdb.InterruptException,
+                   duckdb.PermissionException)
+#: How DuckDB starts the message of those errors when it raises them under another class. Only the
+#: start counts: the rest of a message may quote a line (a line could say "No space left").
+_STORAGE_PREFIXES = ("IO Error", "FATAL Error", "Out of Memory Error", "Permission Error", "Interrupted")
+#: What one line's content can make the loaders raise (then the line alone is retried, and skipped).
+_LINE_ERRORS = (duckdb.Error, pa.ArrowException, ValueError, ArithmeticError, RecursionError)
+
+
+def first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+
+
+def is_storage_error(exc: BaseException) -> bool:
+    """Disk full, I/O, memory, an invalidated database: the database's fault, not a line's."""
+    if isinstance(exc, (MemoryError, OSError, *_STORAGE_ERRORS)):
+        return True
+    return isinstance(exc, duckdb.Error) and str(exc).startswith(_STORAGE_PREFIXES)
 
 
 @dataclass
@@ -72,6 +108,7 @@ class _Plan:
     cls: Classified | None
     py: PythonLines
     n_fast: int = 0
+    notes: list[Note] = field(default_factory=list)  # per (field, message), Python and SQL lines together
 
 
 def _head_hash(path: Path, n: int) -> str:
@@ -83,6 +120,10 @@ def load_file(con: duckdb.DuckDBPyConnection, state: FileState, chunk_bytes: int
     """Read what was appended to ``state.path`` since ``state.byte_offset``."""
     path = Path(state.path)
     report = FileReport(state.run_id, path)
+    problem = not_regular(path)  # it may have changed since discover_logs
+    if problem:
+        report.skipped = f"{path}: {problem}; skipped (logs must be regular files)"
+        return report
     size = path.stat().st_size
     if size < state.byte_offset or (state.head_len and _head_hash(path, state.head_len) != state.head_hash):
         report.restarted = True
@@ -97,8 +138,19 @@ def load_file(con: duckdb.DuckDBPyConnection, state: FileState, chunk_bytes: int
 
 
 def _forget_run(con, run_id: str) -> None:
-    for table in (*STEP_TABLES, "evals", "segments", "ingest_errors", "runs"):
+    for table in (*STEP_TABLES, "evals", "segments", "ingest_errors", "ingest_notes", "runs"):
         con.execute(f"DELETE FROM {table} WHERE run_id = $1", [run_id])
+
+
+def _failed(con, state: FileState, chunk: Chunk, exc: BaseException) -> None:
+    """After ``exc``: roll back; raise :class:`StorageError` for the database's errors, re-raise
+    what no line can cause (a bug, Ctrl-C); return for a line's error."""
+    _rollback(con)
+    if is_storage_error(exc):
+        raise StorageError(state.path, chunk.first_line, chunk.first_line + chunk.n_lines - 1,
+                           first_line(exc)) from exc
+    if not isinstance(exc, _LINE_ERRORS):
+        raise exc
 
 
 def _load_chunk(con, state: FileState, chunk: Chunk, report: FileReport) -> None:
@@ -107,18 +159,21 @@ def _load_chunk(con, state: FileState, chunk: Chunk, report: FileReport) -> None
             plan = _plan(con, chunk, python_all)
             _commit(con, state, chunk, plan, report)
             return
-        except duckdb.Error:
-            _rollback(con)
+        except BaseException as exc:
+            _failed(con, state, chunk, exc)
     for i in range(chunk.n_lines):  # last resort: isolate the line DuckDB rejects
         a, b = int(chunk.offsets[i]), int(chunk.offsets[i + 1])
         one = Chunk(chunk.data[a:b], np.array([0, b - a]), chunk.start + a, chunk.start + b, chunk.first_line + i)
         try:
             _commit(con, state, one, _plan(con, one, True), report)
-        except duckdb.Error as exc:
-            _rollback(con)
-            message = str(exc).splitlines()[0]
-            bad = BadLine(one.first_line, "<record>", f"could not be stored: {message}")
-            _commit(con, state, one, _Plan(None, PythonLines(errors=[bad])), report)
+        except BaseException as exc:
+            _failed(con, state, one, exc)
+            bad = BadLine(one.first_line, "<record>", f"could not be stored: {first_line(exc)}")
+            try:
+                _commit(con, state, one, _Plan(None, PythonLines(errors=[bad])), report)
+            except BaseException as again:
+                _failed(con, state, one, again)
+                raise
 
 
 def _rollback(con) -> None:
@@ -134,7 +189,9 @@ def _plan(con, chunk: Chunk, python_all: bool) -> _Plan:
         try:
             con.register("_chunk", batched(lines_table(chunk)))
             cls = classify(con, "_chunk")
-        except (duckdb.Error, pa.ArrowInvalid):
+        except (duckdb.Error, pa.ArrowInvalid) as exc:
+            if is_storage_error(exc):
+                raise
             cls = None
     if cls is None:
         indices = np.flatnonzero(np.diff(chunk.offsets) > 1)
@@ -144,15 +201,27 @@ def _plan(con, chunk: Chunk, python_all: bool) -> _Plan:
     skip = None if cls is None else cls.python_lns
     _fast_view(con, skip, py.steps)
     if not py.steps:
-        return _Plan(cls, py, len(cls.fast_lns) if cls else 0)
+        return _Plan(cls, py, len(cls.fast_lns) if cls else 0, _notes(cls, py))
     # Lines the Python path validated rejoin the SQL path, normalised.
-    cls = classify(con, "_fast")
-    if cls.python_lns:  # valid, yet not loadable in SQL (e.g. a step beyond BIGINT)
+    cls = classify(con, "_fast", {ln for ln, _ in py.steps})
+    if cls.python_lns:  # valid, yet not loadable in SQL (a bug: the two paths should agree)
         rejected = set(cls.python_lns)
         py.errors += [BadLine(ln, "<record>", "valid, but not loadable by the SQL path") for ln in sorted(rejected)]
         py.steps = [(ln, text) for ln, text in py.steps if ln not in rejected]
         _fast_view(con, skip, py.steps)
-    return _Plan(cls, py, len(cls.fast_lns))
+    return _Plan(cls, py, len(cls.fast_lns), _notes(cls, py))
+
+
+def _notes(cls: Classified | None, py: PythonLines) -> list[Note]:
+    """The Python path's notes and the SQL path's (RL keys a step lacks), lines noted once."""
+    notes = list(py.notes)
+    if cls is not None:
+        checked = {ln for ln, _ in py.steps}
+        for key, lns in cls.missing_rl:
+            lns = [ln for ln in lns if ln not in checked]
+            if lns:
+                notes.append(Note(min(lns), f"rl.{key}", "missing; read as a missing metric (null)", len(lns)))
+    return count_notes(notes)
 
 
 def _fast_view(con, skip: list[int] | None, extra: list[tuple[int, str]]) -> None:
@@ -181,6 +250,8 @@ def _commit(con, state: FileState, chunk: Chunk, plan: _Plan, report: FileReport
     report.records += int(plan.n_fast) + len(plan.py.runs) + len(plan.py.evals) + len(plan.py.ends)
     report.n_errors += len(plan.py.errors)
     report.errors.extend(plan.py.errors[: max(0, 20 - len(report.errors))])
+    if plan.notes:
+        report.notes = count_notes(report.notes + plan.notes)
 
 
 def _write(con, state: FileState, chunk: Chunk, plan: _Plan) -> FileState:
@@ -211,6 +282,7 @@ def _write(con, state: FileState, chunk: Chunk, plan: _Plan) -> FileState:
     _insert_evals(con, state, new, py, sup)
     _insert_segments(con, state, py, sup)
     _insert_errors(con, state, py.errors)
+    _insert_notes(con, state, plan.notes)
     new.segment = state.segment + len(py.runs)
     new.byte_offset, new.lines = chunk.end, chunk.first_line + chunk.n_lines - 1
     new.bad_lines += len(py.errors)
@@ -272,6 +344,14 @@ def _insert_errors(con, state: FileState, errors: list[BadLine]) -> None:
         con.executemany(
             "INSERT INTO ingest_errors VALUES ($1, $2, $3, $4, $5, now())",
             [[state.run_id, state.path, bad.line, bad.field, bad.message] for bad in errors[:MAX_STORED_ERRORS]],
+        )
+
+
+def _insert_notes(con, state: FileState, notes: list[Note]) -> None:
+    if notes:
+        con.executemany(
+            "INSERT INTO ingest_notes VALUES ($1, $2, $3, $4, $5, $6, now())",
+            [[state.run_id, state.path, n.line, n.field, n.message, n.count] for n in notes[:MAX_STORED_ERRORS]],
         )
 
 

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from analysis.logfiles import BadLine, Chunk, check_line, split_error
+from analysis.logfiles import BadLine, Chunk, Note, check_line, split_error
 from rg_tracer.schema import resume_point
 
-__all__ = ["PythonLines", "read_python_lines", "Supersede", "supersede", "dumps"]
+__all__ = ["PythonLines", "read_python_lines", "Supersede", "supersede", "dumps", "count_notes"]
 
 
 def dumps(value: object) -> str | None:
@@ -37,6 +37,7 @@ class PythonLines:
     evals: list[tuple[int, dict]] = field(default_factory=list)
     ends: list[tuple[int, dict]] = field(default_factory=list)
     errors: list[BadLine] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)  # fields read with their default (lines kept)
 
 
 def read_python_lines(chunk: Chunk, indices: list[int] | np.ndarray) -> PythonLines:
@@ -44,7 +45,8 @@ def read_python_lines(chunk: Chunk, indices: list[int] | np.ndarray) -> PythonLi
     out = PythonLines()
     for i in indices:
         ln = chunk.first_line + int(i)
-        result = check_line(chunk.line(int(i)))
+        found: list[tuple[str, str]] = []
+        result = check_line(chunk.line(int(i)), found)
         if result is None:
             continue
         if isinstance(result, str):
@@ -52,10 +54,27 @@ def read_python_lines(chunk: Chunk, indices: list[int] | np.ndarray) -> PythonLi
             continue
         kind = result["kind"]
         if kind == "step":
-            out.steps.append((ln, json.dumps(result, ensure_ascii=False)))
+            try:
+                text = json.dumps(result, ensure_ascii=False, allow_nan=False)
+            except (ValueError, RecursionError) as exc:  # check_line lets nothing through that fails here
+                out.errors.append(BadLine(ln, "<record>", f"cannot be written back as JSON ({exc})"))
+                continue
+            out.steps.append((ln, text))
         else:
             getattr(out, kind + "s").append((ln, result))
+        out.notes += [Note(ln, f, message) for f, message in found]
     return out
+
+
+def count_notes(notes: list[Note]) -> list[Note]:
+    """One note per (field, message): its first line and how many lines it covers."""
+    out: dict[tuple[str, str], Note] = {}
+    for note in notes:
+        key = (note.field, note.message)
+        old = out.get(key)
+        out[key] = note if old is None else Note(min(old.line, note.line), note.field, note.message,
+                                                 old.count + note.count)
+    return sorted(out.values(), key=lambda n: (n.line, n.field))
 
 
 @dataclass

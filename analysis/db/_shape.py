@@ -6,9 +6,12 @@ is a well-typed ``step`` record goes to SQL; anything else (run/eval/end
 records, wrong types, malformed lines) goes to the Python path, which
 validates it with :func:`rg_tracer.schema.validate` and reports the problem.
 
-Two things the merged shape cannot show are checked elsewhere: a ``null``
+Three things the merged shape cannot show are checked elsewhere: a ``null``
 axis value mixed with numbers (a ``contains(line, 'null')`` probe plus
-``json_type``) and a key missing from one sample only (NULL checks in SQL).
+``json_type``), a key written twice in one object (``json_keys``: DuckDB keeps
+the first, Python's ``json`` the last, so those lines take the Python path) and
+a key missing from one sample only (NULL checks in SQL). An ``rl`` without
+some of :data:`~rg_tracer.schema.RL_KEYS` is loaded (those metrics are null) and noted.
 An all-empty axis object (``"verifier": {}``) has shape ``"JSON"``, the same as
 a type conflict; those lines are checked in SQL to hold only ``{}`` there.
 """
@@ -18,7 +21,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from rg_tracer.schema import ES_KEYS, GENERATION_KEYS, RL_KEYS, SAMPLE_KEYS
+from rg_tracer.schema import ES_KEYS, GENERATION_KEYS, RL_KEYS, SAMPLE_KEYS, UPSTREAM_NAMES
 
 __all__ = ["AXIS_FIELDS", "StepShape", "step_shape", "struct_ok"]
 
@@ -36,6 +39,7 @@ class StepShape:
     es_keys: list[str] = field(default_factory=list)  # an ES step's numeric ``es`` fields
     axis_keys: dict[str, list[str]] = field(default_factory=dict)  # field -> keys
     ambiguous: set[str] = field(default_factory=set)  # fields shaped "JSON"
+    missing_rl: list[str] = field(default_factory=list)  # RL_KEYS an RL/SFT step lacks (noted, read as null)
 
 
 def _number_map(shape: object) -> list[str] | None:
@@ -90,7 +94,7 @@ def step_shape(structure: str) -> StepShape | None:
     """Return the keys if ``structure`` is a loadable step record, else ``None``."""
     try:
         st = json.loads(structure)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply for Python (the Python path says so)
         return None
     if not isinstance(st, dict):
         return None
@@ -102,9 +106,11 @@ def step_shape(structure: str) -> StepShape | None:
     rl, es = st.get("rl"), st.get("es")
     if not isinstance(rl, dict) or any(t not in _NUMBER and t != "NULL" for t in rl.values()):
         return None
+    if upstream and any(key in UPSTREAM_NAMES for key in rl):
+        return None  # upstream's metric names: the Python path maps them, and its lines rejoin SQL
+    missing_rl: list[str] = []
     if es is None:  # an RL or SFT step ("phase" may mix in one group: checked in SQL)
-        if any(key not in rl for key in RL_KEYS):
-            return None
+        missing_rl = [key for key in RL_KEYS if key not in rl]
         es_keys = []
     else:  # an ES step
         if not isinstance(es, dict) or any(not isinstance(es.get(key), str) or es[key] not in _NUMBER for key in ES_KEYS):
@@ -113,7 +119,7 @@ def step_shape(structure: str) -> StepShape | None:
     sample, gen = _element(st["gepa"]), _element(st["generation"])
     if (sample == "NULL") != (gen == "NULL"):
         return None
-    out = StepShape(upstream=upstream, rl_keys=list(rl), es_keys=es_keys)
+    out = StepShape(upstream=upstream, rl_keys=list(rl), es_keys=es_keys, missing_rl=missing_rl)
     if not _sample_shape(sample, upstream, out) or not _generation_shape(gen):
         return None
     for name in AXIS_FIELDS:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 __all__ = ["LAYOUT", "STEP_TABLES", "DDL", "VIEWS", "DERIVED_TABLES"]
 
-LAYOUT = "rg-tracer-db/1"
+LAYOUT = "rg-tracer-db/2"  # 2: ingest_notes; lines /1 skipped (upstream names, no versions, ...) are read
 
 DDL = """
 CREATE TABLE IF NOT EXISTS _meta (key VARCHAR, value VARCHAR);
@@ -38,6 +38,9 @@ CREATE TABLE IF NOT EXISTS evals (
     axis VARCHAR, value DOUBLE);
 CREATE TABLE IF NOT EXISTS ingest_errors (
     run_id VARCHAR, log_path VARCHAR, line BIGINT, field VARCHAR, message VARCHAR,
+    ingested_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS ingest_notes (
+    run_id VARCHAR, log_path VARCHAR, line BIGINT, field VARCHAR, message VARCHAR, lines BIGINT,
     ingested_at TIMESTAMP);
 """
 

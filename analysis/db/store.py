@@ -137,6 +137,17 @@ class Runs:
         """Every skipped log line: run_id, line, field, message, by run and line."""
         return self.sql("SELECT run_id, line, field, message FROM ingest_errors ORDER BY run_id, line")
 
+    def ingest_notes(self) -> pl.DataFrame:
+        """Fields read with their default, per log and (field, message): log_path, line (the first), lines."""
+        return self.sql("""SELECT log_path, field, message, min(line) AS line, sum(lines)::BIGINT AS lines
+                           FROM ingest_notes GROUP BY ALL ORDER BY log_path, line, field""")
+
+    def axis_counts(self) -> pl.DataFrame:
+        """How many sample axes of each kind every run logged: run_id, kind, axes."""
+        return self.sql("""SELECT s.run_id, k.kind, count(DISTINCT k.name) AS axes
+                           FROM (SELECT DISTINCT run_id, axis_set FROM _samples) s
+                           JOIN _key_sets k ON k.set_id = s.axis_set GROUP BY ALL ORDER BY ALL""")
+
     def bad_line_runs(self) -> pl.DataFrame:
         """Runs with skipped lines: log_path, lines, bad_lines and their first error's line, field, message."""
         return self.sql("""SELECT r.log_path, r.lines, r.bad_lines, e.line, e.field, e.message

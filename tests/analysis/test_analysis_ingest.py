@@ -135,8 +135,11 @@ def test_not_jsonl_and_missing_fields(runs_dir):
     junk, ok = sorted(result.files, key=lambda f: f.run_id)
     assert junk.records == 0 and junk.n_errors == 3
     assert "not UTF-8" in junk.errors[2].message
-    assert ok.n_errors == 1 and ok.errors[0].field == "gepa[0].tags"
-    assert q(result.db_path, "SELECT list(step) FROM steps WHERE run_id = 'ok'") == [([2],)]
+    # a sample without tags is read with {} and noted (the analysis needs none), not skipped
+    assert ok.n_errors == 0 and [(n.line, n.field) for n in ok.notes] == [(1, "gepa[0].tags")]
+    assert q(result.db_path, "SELECT list(step ORDER BY step) FROM steps WHERE run_id = 'ok'") == [([1, 2],)]
+    assert q(result.db_path, "SELECT line, field, lines FROM ingest_notes WHERE run_id = 'ok'") == [
+        (1, "gepa[0].tags", 1)]
 
 
 def test_empty_runs_dir_is_a_clear_error(runs_dir):
@@ -231,10 +234,11 @@ def test_sql_path_matches_python_path(runs_dir, tmp_path, monkeypatch):
 
 def test_a_record_sql_cannot_store_costs_only_its_line(runs_dir):
     big = step_record(1, rewards(1))
-    big["step"] = 2**63  # valid JSON and schema, but beyond BIGINT
-    write_log(runs_dir / "r" / "train.jsonl", [step_record(2, rewards(2)), big, step_record(3, rewards(3))])
+    big["step"] = 2**63  # valid JSON, beyond BIGINT, and beyond the schema's MAX_STEP
+    write_log(runs_dir / "r" / "train.jsonl", [step_record(2, rewards(2)), big, step_record(3, rewards(3))],
+              check=False)
     result = ingest(runs_dir)
-    assert [e.line for e in result.files[0].errors] == [2]
+    assert [(e.line, e.field) for e in result.files[0].errors] == [(2, "step")]
     assert q(result.db_path, "SELECT list(step ORDER BY step) FROM steps") == [([2, 3],)]
 
 
