@@ -23,6 +23,8 @@ _SHOWN_ERRORS = 10
 
 
 def _echo_result(result) -> None:
+    for note in result.notes:  # files left out, and why
+        click.echo(f"note: {note}", err=True)
     for f in result.files:
         if f.new_lines or f.n_errors or f.restarted:
             note = " (log was rewritten: read again from the start)" if f.restarted else ""
@@ -36,6 +38,11 @@ def _echo_result(result) -> None:
             click.echo(f"  {f.path}:{bad.line}: {bad.field}: {bad.message}", err=True)
         if f.n_errors > _SHOWN_ERRORS:
             click.echo(f"  ... and {f.n_errors - _SHOWN_ERRORS} more (SELECT * FROM ingest_errors)", err=True)
+        for note in f.notes[:_SHOWN_ERRORS]:  # read, with a default for a missing optional field
+            many = f" ({note.count} lines from here)" if note.count > 1 else ""
+            click.echo(f"  note: {f.path}:{note.line}: {note.field}: {note.message}{many}", err=True)
+        if len(f.notes) > _SHOWN_ERRORS:
+            click.echo(f"  ... and {len(f.notes) - _SHOWN_ERRORS} more notes (SELECT * FROM ingest_notes)", err=True)
 
 
 @click.command("ingest")
@@ -52,7 +59,7 @@ def ingest_command(runs_dir: Path, db_path: Path | None) -> None:
     \b
     Example:
         rg-tracer ingest runs/
-        duckdb runs/rg_tracer.duckdb "SELECT run_id, n_steps FROM runs"
+        python -c "from analysis import open_runs; print(open_runs('runs').runs())"
     """
     from analysis.db import IngestError, ingest
 

@@ -37,6 +37,19 @@ def test_ingest_reports_bad_lines_with_file_and_line(cli, runs_dir):
     assert result.output.strip().splitlines()[-1] == str(runs_dir / "rg_tracer.duckdb")
 
 
+def test_ingest_prints_what_it_read_with_a_default_and_what_it_left_out(cli, runs_dir):
+    import os
+
+    run = {"schema": "rg-tracer/2", "kind": "run", "config": {}, "model": {}, "dataset": {}, "resumed_from_step": None}
+    log = write_log(runs_dir / "r" / "train.jsonl", [json.dumps(run), json.dumps(step_record(1, [{"a": 1.0}]))],
+                    check=False)
+    os.mkfifo(runs_dir / "pipe.jsonl")
+    result = CliRunner().invoke(cli, ["ingest", str(runs_dir)])
+    assert result.exit_code == 0, result.output
+    assert f"note: {log}:1: versions: missing; read as {{}}" in result.output
+    assert "note: " in result.output and "pipe.jsonl" in result.output
+
+
 def test_analyze_prints_the_index(cli, runs_dir, tmp_path):
     write_log(runs_dir / "exp" / "train.jsonl", known_run(steps=60, change_at=30))
     out = tmp_path / "reports"
