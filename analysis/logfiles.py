@@ -157,7 +157,8 @@ def discover_logs(runs_dir: Path, known: dict[str, str] | None = None,
             while run_id in taken:
                 run_id, suffix = f"{key}~{suffix}", suffix + 1
             taken.add(run_id)
-        logs.append(LogFile(runs_dir / rel, key, run_id, (runs_dir / rel).parent))
+        path = runs_dir.resolve() / rel  # absolute: the database is read from other directories (notebooks/)
+        logs.append(LogFile(path, key, run_id, path.parent))
     return logs
 
 

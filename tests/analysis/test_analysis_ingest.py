@@ -282,3 +282,13 @@ def test_conflicting_types_behind_an_empty_shape(runs_dir):
     result = ingest(runs_dir)
     assert [(e.line, e.field) for e in result.files[0].errors] == [(2, "gepa[1].verifier")]
     assert q(result.db_path, "SELECT list(step ORDER BY step) FROM steps") == [([1, 3],)]
+
+
+def test_log_paths_are_absolute_so_the_database_reads_from_anywhere(runs_dir, monkeypatch):
+    write_log(runs_dir / "r" / "train.jsonl", known_run(steps=5))
+    monkeypatch.chdir(runs_dir.parent)
+    ingest(Path(runs_dir.name))  # relative, as `rg-tracer ingest runs/` from the repository root
+    monkeypatch.chdir(runs_dir / "r")  # elsewhere, as a notebook's kernel is
+    with open_runs(runs_dir / "rg_tracer.duckdb") as runs:
+        path = Path(runs.runs()["log_path"][0])
+    assert path.is_absolute() and path.is_file() and path == (runs_dir / "r" / "train.jsonl").resolve()
