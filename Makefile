@@ -31,7 +31,7 @@ test: $(STAMP)
 GROKKING_SEED ?= 0
 GROK := runs/grokking-mod31
 grokking: $(STAMP)
-	test -f runs/grokking-data-mod31/train.jsonl || $(BIN)/rg-tracer data modular --p 31 --op - --train-frac 0.5 --seed 0 --out runs/grokking-data-mod31
+	test -f datasets/generated/mod31_sub/train.jsonl || $(BIN)/rg-tracer data modular --p 31 --op - --train-frac 0.5 --seed 0 --out datasets/generated/mod31_sub
 	rm -rf $(GROK)/model
 	$(BIN)/rg-tracer init-model $(GROK)/model --arch qwen2 --layers 1 --hidden 64 --heads 4 --number-tokens 31 --seed $(GROKKING_SEED)
 	$(BIN)/rg-tracer train --config configs/grokking/mod31_sub.yaml --seed $(GROKKING_SEED) --output-dir $(GROK)/seed$(GROKKING_SEED) --overwrite

@@ -14,7 +14,7 @@ import polars as pl
 from analysis.correlations import DEFAULT_MAX_LAG, correlate
 from analysis.db import IngestError, IngestResult, ingest
 from analysis.db.store import Runs
-from analysis.report import report_path_clash, write_index, write_run_page
+from analysis.report import foreign_page, report_path_clash, write_index, write_run_page
 from analysis.run_summary import RunReport
 from analysis.transitions import changes_tables
 
@@ -97,7 +97,7 @@ def _notes(result: IngestResult, runs: Runs) -> list[str]:
 
 def analyze_runs(
     runs_dir: str | Path,
-    out_dir: str | Path = "reports",
+    out_dir: str | Path = "reports/all",
     db_path: str | Path | None = None,
     *,
     max_lag: int = DEFAULT_MAX_LAG,
@@ -121,6 +121,9 @@ def analyze_runs(
         if clash:
             raise IngestError(f"{clash}; rename one of the run directories under {runs_dir} (or report them "
                               "into separate --out directories)")
+        foreign = foreign_page(out, runs.run_ids())
+        if foreign:
+            raise IngestError(foreign)
         out.mkdir(parents=True, exist_ok=True)
         wide = _too_wide(runs)
         fitness = runs.fitness().filter(~pl.col("run_id").is_in(list(wide)))

@@ -120,6 +120,22 @@ def not_regular(path: Path) -> str | None:
     return f"not a regular file ({kind}{', through a symlink' if os.path.islink(path) else ''})"
 
 
+_LOG_KEYS = ("schema", "kind", "step", "rl", "gepa")
+
+
+def looks_like_dataset(path: Path) -> bool:
+    """Whether ``path``'s first line is a dataset row (``prompt``/``answer``, none of a log
+    record's keys): ``rg-tracer data`` and ``make grokking`` can put datasets under a runs
+    directory, and they are not runs."""
+    try:
+        with open(path, "rb") as f:
+            first = f.readline(1 << 20)
+        row = json.loads(first)
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(row, dict) and "prompt" in row and "answer" in row and not any(k in row for k in _LOG_KEYS)
+
+
 def discover_logs(runs_dir: Path, known: dict[str, str] | None = None,
                   skipped: list[str] | None = None) -> list[LogFile]:
     """Every ``*.jsonl`` under ``runs_dir`` that is a regular file (hidden directories skipped).
@@ -137,11 +153,14 @@ def discover_logs(runs_dir: Path, known: dict[str, str] | None = None,
         for name in sorted(filenames):
             if name.endswith(".jsonl") and not name.startswith("."):
                 problem = not_regular(Path(dirpath, name))
+                rel = Path(dirpath, name).relative_to(runs_dir)
+                if not problem and rel.as_posix() not in known and looks_like_dataset(Path(dirpath, name)):
+                    problem = "a dataset (prompt/answer rows), not a run log"
                 if problem:
                     if skipped is not None:
-                        skipped.append(f"{Path(dirpath, name)}: {problem}; skipped (logs must be regular files)")
+                        skipped.append(f"{Path(dirpath, name)}: {problem}; skipped")
                     continue
-                rels.append(Path(dirpath, name).relative_to(runs_dir))
+                rels.append(rel)
     # train.jsonl files first: they own the plain directory ids.
     rels.sort(key=lambda r: (r.name != TRAIN_LOG, r.as_posix()))
     taken = {known[r.as_posix()] for r in rels if r.as_posix() in known}

@@ -57,10 +57,32 @@ def report_path_clash(run_ids: list[str]) -> str | None:
     return None
 
 
+#: written beside each run page: which report (its ``--out``) the page belongs to
+PAGE_MARK = ".rg-tracer-report.json"
+
+
+def foreign_page(out: Path, run_ids: list[str]) -> str | None:
+    """A one-line description of a run page under ``out`` that another report wrote (e.g. the
+    demo's ``reports/demo/dapo/`` when ``runs/`` is reported into ``reports/``), or None.
+    Rewriting it would change what the other report's links show."""
+    mine = str(out.resolve())
+    for run_id in run_ids:
+        mark = out / run_id / PAGE_MARK
+        try:
+            owner = json.loads(mark.read_text(encoding="utf-8")).get("report")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if owner and owner != mine:
+            return (f"{out / run_id} holds a page of the report in {owner}; reporting run {run_id!r} here would "
+                    "overwrite it: choose another --out (e.g. reports/all) or delete that directory")
+    return None
+
+
 def write_run_page(out: Path, rr: RunReport) -> Path:
     """Write ``out/<run_id>/index.html``, its PNGs and ``summary.json``."""
     run_dir = out / rr.run_id
     run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / PAGE_MARK).write_text(json.dumps({"report": str(out.resolve()), "run_id": rr.run_id}), encoding="utf-8")
     summ = summary(rr)
     (run_dir / "summary.json").write_text(json.dumps(summ, indent=2, allow_nan=False), encoding="utf-8")
     up = "../" * (rr.run_id.count("/") + 1)

@@ -73,7 +73,7 @@ def ingest_command(runs_dir: Path, db_path: Path | None) -> None:
 
 @click.command("analyze")
 @click.argument("runs_dir", type=_RUNS_DIR)
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports"),
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/all"),
               show_default=True, help="Directory to write the HTML report into.")
 @click.option("--db", "db_path", type=_DB, default=None,
               help="DuckDB file to use [default: RUNS_DIR/rg_tracer.duckdb].")
@@ -93,8 +93,8 @@ def analyze_command(runs_dir: Path, out_dir: Path, db_path: Path | None, max_lag
 
     \b
     Example:
-        rg-tracer analyze runs/ --out reports/
-        xdg-open reports/index.html
+        rg-tracer analyze runs/ --out reports/all
+        xdg-open reports/all/index.html
     """
     from analysis.analyze import analyze_runs
     from analysis.db import IngestError, ingest

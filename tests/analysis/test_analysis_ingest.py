@@ -292,3 +292,28 @@ def test_log_paths_are_absolute_so_the_database_reads_from_anywhere(runs_dir, mo
     with open_runs(runs_dir / "rg_tracer.duckdb") as runs:
         path = Path(runs.runs()["log_path"][0])
     assert path.is_absolute() and path.is_file() and path == (runs_dir / "r" / "train.jsonl").resolve()
+
+
+def test_datasets_under_a_runs_directory_are_not_runs(runs_dir):
+    write_log(runs_dir / "r" / "train.jsonl", known_run(steps=5))
+    data = runs_dir / "grokking-data" / "train.jsonl"
+    data.parent.mkdir()
+    data.write_text('{"prompt": "3-4=", "answer": "30", "id": "m-1"}\n')
+    result = ingest(runs_dir)
+    assert [f.run_id for f in result.files] == ["r"]
+    assert any("grokking-data/train.jsonl: a dataset (prompt/answer rows), not a run log; skipped" in n
+               for n in result.notes)
+
+
+def test_a_page_of_another_report_is_not_overwritten(runs_dir, tmp_path):
+    from analysis import analyze_runs
+
+    write_log(runs_dir / "demo" / "dapo" / "train.jsonl", known_run(steps=30))
+    analyze_runs(runs_dir / "demo", tmp_path / "reports" / "demo")  # as make demo does
+    page = tmp_path / "reports" / "demo" / "dapo" / "index.html"
+    before = page.read_bytes()
+    with pytest.raises(IngestError, match=r"holds a page of the report in .*reports/demo.*choose another --out"):
+        analyze_runs(runs_dir, tmp_path / "reports")  # runs/ into reports/: run demo/dapo lands on that page
+    assert page.read_bytes() == before
+    analyze_runs(runs_dir, tmp_path / "reports" / "all")  # elsewhere: fine
+    analyze_runs(runs_dir / "demo", tmp_path / "reports" / "demo")  # and the demo's own report again
