@@ -457,9 +457,13 @@ def step_record(*, step: int, phase: str, rl: dict, gepa: list | None = None, ge
     return fields
 
 
-def eval_record(*, step: int, split: str, n: int, metrics: dict) -> dict:
-    """The fields of an ``eval`` record."""
-    return dict(step=step, split=split, n=n, metrics=metrics)
+def eval_record(*, step: int, split: str, n: int, metrics: dict, samples: list | None = None) -> dict:
+    """The fields of an ``eval`` record; ``samples`` (optional): a few prompts with their greedy
+    completion and scores, ``[{prompt_id, prompt, answer, completion, scores}]``."""
+    fields = dict(step=step, split=split, n=n, metrics=metrics)
+    if samples:
+        fields["samples"] = samples
+    return fields
 
 
 def end_record(*, step: int, status: str) -> dict:

@@ -95,3 +95,13 @@ def test_the_default_reward_mixer_works_outside_the_repository(tmp_path, tiny_mo
     trainer = train(cfg)
     assert trainer.step == 1 and PACKAGED_MIXER.is_file()
     assert read_log(trainer.run.log_path)[0]["reward_weights"]["correctness"] == 1.0
+
+
+def test_eval_records_keep_a_few_held_out_completions(tmp_path, tiny_model_dir):
+    trainer = train(config(tmp_path, tiny_model_dir("qwen2"), max_steps=2, eval_every=2, eval_samples=10))
+    evals = [r for r in read_log(trainer.run.log_path) if r["kind"] == "eval"]
+    test = [r for r in evals if r["split"] == "test"][-1]
+    assert len(test["samples"]) == 8 and test["n"] == 10
+    first = test["samples"][0]
+    assert set(first) == {"prompt_id", "prompt", "answer", "completion", "scores"}
+    assert set(first["scores"]) >= set(test["metrics"]) - {"answer_length"}

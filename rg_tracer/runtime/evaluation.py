@@ -17,11 +17,13 @@ from rg_tracer.scorers import run_scorer
 __all__ = ["evaluate_splits", "evaluate_run", "eval_summary"]
 
 CHUNK = 64  # prompts per generation call
+LOGGED = 8  # completions per split an eval record keeps, with their scores (the split's first prompts)
 
 
 def evaluate_splits(policy, scorer, train, heldout, *, max_new_tokens: int, eval_samples: int,
-                    train_order_seed: int, dist=SINGLE) -> list[tuple[str, int, dict[str, float]]]:
-    """``[(split, n, {axis: mean})]`` for the held-out split (if any) and a train sample.
+                    train_order_seed: int, dist=SINGLE) -> list[tuple[str, int, dict[str, float], list[dict]]]:
+    """``[(split, n, {axis: mean}, samples)]`` for the held-out split (if any) and a train
+    sample; ``samples`` are the first :data:`LOGGED` prompts' completions and scores.
 
     Under torchrun each process evaluates a contiguous share of the prompts and the per-axis
     sums are gathered, so every rank returns the same means and no rank idles in a collective
@@ -34,18 +36,23 @@ def evaluate_splits(policy, scorer, train, heldout, *, max_new_tokens: int, eval
         examples = examples[: eval_samples or None]
         mine = dist.shard(examples)
         sums: dict[str, float] = {}
+        samples: list[dict] = []
         for start in range(0, len(mine), CHUNK):
             chunk = mine[start:start + CHUNK]
             rollout = policy.sample([e.prompt for e in chunk], 1, max_new_tokens, greedy=True)
-            for row in run_scorer(scorer, [e.prompt for e in chunk], rollout.completions, [e.row for e in chunk]):
+            rows = run_scorer(scorer, [e.prompt for e in chunk], rollout.completions, [e.row for e in chunk])
+            for e, completion, row in zip(chunk, rollout.completions, rows):
                 for key, value in row.items():
                     sums[key] = sums.get(key, 0.0) + value
+                if len(samples) < LOGGED and dist.is_main:
+                    samples.append({"prompt_id": e.id, "prompt": e.prompt, "answer": e.answer,
+                                    "completion": completion, "scores": dict(row)})
         if dist.active:
             shares, sums = dist.all_gather(sums), {}
             for share in shares:
                 for key, value in share.items():
                     sums[key] = sums.get(key, 0.0) + value
-        results.append((split, len(examples), {k: v / len(examples) for k, v in sums.items()}))
+        results.append((split, len(examples), {k: v / len(examples) for k, v in sums.items()}, samples))
     return results
 
 
@@ -60,7 +67,8 @@ def evaluate_run(policy, run, step: int) -> list[dict]:
                               eval_samples=cfg.eval_samples, train_order_seed=mix_seed(cfg.seed, 0, SALT_EVAL_ORDER),
                               dist=run.dist)
     check_overlap(run.mixer, set(results[0][2]), f"--reward-mixer {cfg.reward_mixer}")
-    return [eval_record(step=step, split=split, n=n, metrics=metrics) for split, n, metrics in results]
+    return [eval_record(step=step, split=split, n=n, metrics=metrics, samples=samples)
+            for split, n, metrics, samples in results]
 
 
 def eval_summary(records: list[dict], axes: int = 4) -> str | None:
