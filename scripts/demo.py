@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """`make demo`: build a tiny model, teach it two-digit plus one-digit addition, report.
 
-Everything runs locally in about two minutes on two CPU cores: a randomly initialised
+Everything runs locally in under a minute on two CPU cores: a randomly initialised
 137k-parameter Qwen2 with a character tokenizer, a short supervised warm-up and then
 DAPO (``configs/demo/train.yaml``) on ``datasets/toy_math/add_nocarry.jsonl``; then the
 HTML report of ``runs/demo``. It prints greedy-eval correctness on the training prompts
