@@ -7,6 +7,7 @@ Interface (duck-typed; no base class needed)::
 
 ``references`` holds each prompt's dataset row (``answer`` and any extra fields);
 a scorer whose ``score`` takes only ``(prompts, completions)`` is called without it.
+Built in: ``arithmetic`` and ``reasoning-gym`` (each reasoning-gym task's own verifier).
 Load a custom one with ``--scorer package.module:ClassName``. An optional class
 attribute ``feedback_mapping`` (a ``FeedbackMappingConfig``) says which keys are tags
 or verifier signals; by default every key is a reward axis.
@@ -15,5 +16,7 @@ or verifier signals; by default every key is a reward axis.
 from rg_tracer.scorers.arithmetic import ArithmeticScorer
 from rg_tracer.scorers.loading import check_scores, load_scorer, run_scorer
 from rg_tracer.scorers.mapping import FeedbackMappingConfig
+from rg_tracer.scorers.reasoning_gym import ReasoningGymScorer
 
-__all__ = ["ArithmeticScorer", "FeedbackMappingConfig", "check_scores", "load_scorer", "run_scorer"]
+__all__ = ["ArithmeticScorer", "FeedbackMappingConfig", "ReasoningGymScorer", "check_scores", "load_scorer",
+           "run_scorer"]

@@ -11,7 +11,8 @@ from rg_tracer.errors import UserError
 
 __all__ = ["load_scorer", "run_scorer", "check_scores"]
 
-BUILTIN = {"arithmetic": "rg_tracer.scorers.arithmetic:ArithmeticScorer"}
+BUILTIN = {"arithmetic": "rg_tracer.scorers.arithmetic:ArithmeticScorer",
+           "reasoning-gym": "rg_tracer.scorers.reasoning_gym:ReasoningGymScorer"}
 
 
 def load_scorer(spec: str) -> Any:

@@ -11,7 +11,7 @@ from typing import Callable
 
 from rg_tracer.errors import UserError
 
-__all__ = ["GENERATORS", "Split", "make_split", "write_split", "is_prime"]
+__all__ = ["GENERATORS", "Split", "check_count", "check_disjoint", "make_split", "write_split", "is_prime"]
 
 OPS = {"+": "add", "-": "sub", "*": "mul", "/": "div"}
 #: Largest --count: a dataset is written in one go, in memory.
@@ -24,9 +24,9 @@ MAX_DIGITS = 300
 MAX_BITS = 1000
 
 
-def _check_count(count: int) -> None:
+def check_count(count: int, flag: str = "--count") -> None:
     if not 1 <= count <= MAX_COUNT:
-        raise UserError(f"--count {count} must be in [1, {MAX_COUNT:,}]")
+        raise UserError(f"{flag} {count} must be in [1, {MAX_COUNT:,}]")
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def addition(digits: int = 3, count: int = 2000, seed: int = 0, **_) -> list[dic
     if not 1 <= digits <= MAX_DIGITS:
         raise UserError(f"--digits {digits} must be in [1, {MAX_DIGITS}]: scorers compare answers as floats, "
                         "below 1e308")
-    _check_count(count)
+    check_count(count)
     low, high = (0 if digits == 1 else 10 ** (digits - 1)), 10**digits - 1
     pairs_available = (high - low + 1) ** 2
     if count > pairs_available:
@@ -95,7 +95,7 @@ def parity(n: int = 10, k: int = 3, count: int = 1000, seed: int = 0, **_) -> li
         raise UserError(f"--n {n} must be in [1, {MAX_BITS}]: a prompt is n + 1 characters")
     if not 1 <= k <= n:
         raise UserError(f"--k {k} must be in [1, --n {n}]")
-    _check_count(count)
+    check_count(count)
     if count > 2**n:
         raise UserError(f"--count {count} exceeds the {2**n} strings of {n} bits; lower it or raise --n")
     rng = random.Random(seed)
@@ -129,6 +129,14 @@ def _digest(prompt: str) -> str:
     return hashlib.sha256(prompt.encode("utf-8")).hexdigest()
 
 
+def check_disjoint(split: Split) -> None:
+    """No prompt twice in train and no test prompt in train (by SHA-256 of the prompt text)."""
+    train_hashes = {_digest(r["prompt"]) for r in split.train}
+    leaked = [r["prompt"] for r in split.test if _digest(r["prompt"]) in train_hashes]
+    if leaked or len(train_hashes) != len(split.train):
+        raise AssertionError(f"{split.task}: duplicate or leaked prompts, e.g. {leaked[:3]}")
+
+
 def make_split(task: str, *, train_frac: float = 0.5, seed: int = 0, **params) -> Split:
     """Generate, shuffle by ``seed`` and split by ``train_frac``; verify before returning."""
     if task not in GENERATORS:
@@ -141,18 +149,17 @@ def make_split(task: str, *, train_frac: float = 0.5, seed: int = 0, **params) -
     if not 0 < n_train < len(rows):
         raise UserError(f"--train-frac {train_frac} of {len(rows)} items leaves an empty split")
     split = Split(task, {"seed": seed, "train_frac": train_frac, **params}, rows[:n_train], rows[n_train:])
-    train_hashes = {_digest(r["prompt"]) for r in split.train}
-    leaked = [r["prompt"] for r in split.test if _digest(r["prompt"]) in train_hashes]
-    if leaked or len(train_hashes) != len(split.train):
-        raise AssertionError(f"{task}: duplicate or leaked prompts, e.g. {leaked[:3]}")
+    check_disjoint(split)
     wrong = [r["id"] for r in split.train + split.test if not _check_answer(r)]
     if wrong:
         raise AssertionError(f"{task}: wrong answers for {wrong[:3]}")
     return split
 
 
-def write_split(split: Split, out_dir: str | Path) -> dict:
-    """Write train/test JSONL and dataset.json atomically enough: refuse to overwrite."""
+def write_split(split: Split, out_dir: str | Path, verified_by: str | None = None) -> dict:
+    """Write train/test JSONL and dataset.json atomically enough: refuse to overwrite.
+
+    ``verified_by`` names what checked the answers when it is not this module's own recomputation."""
     out_dir = Path(out_dir)
     targets = [out_dir / "train.jsonl", out_dir / "test.jsonl"]
     if any(t.exists() for t in targets):
@@ -164,5 +171,7 @@ def write_split(split: Split, out_dir: str | Path) -> dict:
         tmp.replace(path)
     info = {"task": split.task, "params": split.params, "train": len(split.train), "test": len(split.test),
             "disjoint_by": "sha256(prompt)", "answers_verified": True}
+    if verified_by:
+        info["answers_verified_by"] = verified_by
     (out_dir / "dataset.json").write_text(json.dumps(info, indent=1))
     return info
