@@ -15,6 +15,7 @@ import click
 from rg_tracer.cli.analyze import analyze_command, ingest_command
 from rg_tracer.cli.common import user_errors
 from rg_tracer.cli.eggroll import eggroll_command, fitness
+from rg_tracer.cli.export import export_group
 from rg_tracer.cli.inputs import data_command, init_model_command
 from rg_tracer.cli.train import train_command
 
@@ -28,7 +29,7 @@ def cli() -> None:
 
 
 for _command in (train_command, eggroll_command, init_model_command, data_command, ingest_command,
-                 analyze_command, fitness):
+                 analyze_command, fitness, export_group):
     cli.add_command(_command)
 
 
