@@ -69,7 +69,7 @@ class RunOptions:
     model: str = opt(None, "Hub name or local directory of a causal LM (build one with `rg-tracer init-model`). Required.", INPUTS)
     dataset: str = opt(None, "Training JSONL with 'prompt' and 'answer' per line (or a directory holding train.jsonl). Required.", INPUTS)
     eval_dataset: str | None = opt(None, "Held-out JSONL for --eval-every (default: <dataset stem>_test.jsonl beside it, if present).", INPUTS)
-    scorer: str = opt("arithmetic", "Built-in scorer name or 'package.module:Class'.", INPUTS)
+    scorer: str = opt("arithmetic", "Built-in scorer (arithmetic; reasoning-gym, for datasets from `rg-tracer data reasoning-gym`) or 'package.module:Class'.", INPUTS)
     reward_mixer: str = opt("configs/reward_mixer.yaml", "YAML/JSON of reward-axis weights that mix a completion's rewards into one scalar: the training reward (train), averaged over a member's prompts its fitness (eggroll). The default is also shipped in the package, so it works outside the repository.", INPUTS)
     # -- sampling ------------------------------------------------------------------------
     max_new_tokens: int = opt(32, "Maximum completion length in tokens.", SAMPLING)
