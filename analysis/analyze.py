@@ -13,6 +13,7 @@ import polars as pl
 
 from analysis.correlations import DEFAULT_MAX_LAG, correlate
 from analysis.db import IngestError, IngestResult, ingest
+from analysis.db.formats import CONVERTED_DIR
 from analysis.db.store import Runs
 from analysis.report import foreign_page, report_path_clash, write_index, write_run_page
 from analysis.run_summary import RunReport
@@ -80,7 +81,8 @@ def _notes(result: IngestResult, runs: Runs) -> list[str]:
     """Warnings for the index page: files left out, rewritten logs, skipped lines and fields read
     with a default (from the database)."""
     notes = list(result.notes)
-    notes += [f"{f.path}: the log was rewritten, so it was read again from the start"
+    notes += [f"{f.path}: " + ("converted again from its run's changed files" if CONVERTED_DIR in f.path.as_posix()
+                               else "the log was rewritten") + ", so it was read again from the start"
               for f in result.files if f.restarted]
     for r in runs.ingest_notes().iter_rows(named=True):
         notes.append(f"{r['log_path']}: {r['lines']} line(s) read with a default, first at line {r['line']}: "
@@ -103,6 +105,7 @@ def analyze_runs(
     max_lag: int = DEFAULT_MAX_LAG,
     progress: bool | None = None,
     ingested: IngestResult | None = None,
+    format: str = "auto",
 ) -> Path:
     """Ingest ``runs_dir``, compute every table, write the report; return ``index.html``.
 
@@ -113,8 +116,11 @@ def analyze_runs(
     ``ingested``: the result of an :func:`~analysis.db.ingest` of ``runs_dir`` into ``db_path``
     the caller has just made (the CLI does, to print it); then nothing is ingested again, and
     its notes (a rewritten log) reach the report.
+
+    ``format``: ``auto`` (each run directory's format detected), or the one format to read:
+    ``rg-tracer``, ``trl``, ``verl`` (``docs/peers.md``).
     """
-    result = ingested if ingested is not None else ingest(runs_dir, db_path, progress=progress)
+    result = ingested if ingested is not None else ingest(runs_dir, db_path, progress=progress, format=format)
     out = Path(out_dir)
     with Runs(result.db_path, read_only=False) as runs:
         clash = report_path_clash(runs.run_ids())

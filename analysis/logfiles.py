@@ -14,6 +14,9 @@ Run ids (documented in ``docs/analysis.md``):
   ``rg-tracer analyze runs/exp1`` calls the run ``exp1``;
 * a clash (``a/b/train.jsonl`` and ``a/b.jsonl``) keeps the id already in the
   database and gives the newcomer its file path with ``.jsonl``, then ``~2``, ...
+* a run of another format (a TRL or verl output directory, :mod:`analysis.db.formats`) ->
+  its directory relative to RUNS_DIR, as if it held ``train.jsonl``; its log is the converted
+  one under ``RUNS_DIR/.rg-tracer/converted/`` (:attr:`LogFile.source` is the real directory).
 """
 
 from __future__ import annotations
@@ -53,6 +56,8 @@ class LogFile:
     rel_path: str
     run_id: str
     run_dir: Path
+    format: str = "rg-tracer"
+    source: Path | None = None  # another format's run directory, converted into ``path``
 
 
 @dataclass(frozen=True)
@@ -137,19 +142,43 @@ def looks_like_dataset(path: Path) -> bool:
 
 
 def discover_logs(runs_dir: Path, known: dict[str, str] | None = None,
-                  skipped: list[str] | None = None) -> list[LogFile]:
-    """Every ``*.jsonl`` under ``runs_dir`` that is a regular file (hidden directories skipped).
+                  skipped: list[str] | None = None, format: str = "auto") -> list[LogFile]:
+    """Every run under ``runs_dir`` (hidden directories skipped): each ``*.jsonl`` that is a regular
+    file, and each directory of another format (``docs/peers.md``: detection rules).
 
     ``known`` maps ``rel_path -> run_id`` from earlier ingests so that ids stay
     stable when a clashing file appears later. A FIFO, a device (or a symlink to
     one) would block or never end: it is left out, with a note in ``skipped``.
+    ``format``: ``auto``, or the one format to read (runs of the others are left out, noted).
+    Nothing is converted here: a foreign run's :attr:`LogFile.path` may not exist yet.
     """
+    from analysis.db.formats import AUTO, check_format, converted_rel, readers
+
     runs_dir = Path(runs_dir)
+    format = check_format(format)
     known = dict(known or {})
-    root_name = runs_dir.resolve().name or "root"
-    rels: list[Path] = []
+    root = runs_dir.resolve()
+    root_name = root.name or "root"
+    native_ok = format in (AUTO, "rg-tracer")
+    foreign = [r for r in readers(format) if r.name != "rg-tracer"]
+    # (key in _files, path the id is derived from, log path, run dir, format, source directory)
+    found: list[tuple[str, Path, Path, Path, str, Path | None]] = []
+    native_roots: list[str] = []
+    left_out = 0
     for dirpath, dirnames, filenames in os.walk(runs_dir):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        here = Path(dirpath)
+        if format == AUTO and TRAIN_LOG in filenames and not not_regular(here / TRAIN_LOG):
+            native_roots.append(dirpath)
+        inside_native = any(dirpath == r or dirpath.startswith(r.rstrip(os.sep) + os.sep) for r in native_roots)
+        reader = None if inside_native else _detect(foreign, here, skipped)
+        if reader is not None:
+            rel_dir = here.relative_to(runs_dir).as_posix()
+            key = converted_rel(rel_dir)
+            found.append((key, Path(rel_dir) / TRAIN_LOG, root / key, root / here.relative_to(runs_dir),
+                          reader.name, root / here.relative_to(runs_dir)))
+            dirnames[:] = []  # its checkpoints and dumps are part of it, not runs
+            continue
         for name in sorted(filenames):
             if name.endswith(".jsonl") and not name.startswith("."):
                 problem = not_regular(Path(dirpath, name))
@@ -160,25 +189,43 @@ def discover_logs(runs_dir: Path, known: dict[str, str] | None = None,
                     if skipped is not None:
                         skipped.append(f"{Path(dirpath, name)}: {problem}; skipped")
                     continue
-                rels.append(rel)
-    # train.jsonl files first: they own the plain directory ids.
-    rels.sort(key=lambda r: (r.name != TRAIN_LOG, r.as_posix()))
-    taken = {known[r.as_posix()] for r in rels if r.as_posix() in known}
+                if not native_ok:
+                    left_out += 1
+                    continue
+                path = root / rel  # absolute: the database is read from other directories (notebooks/)
+                found.append((rel.as_posix(), rel, path, path.parent, "rg-tracer", None))
+    if left_out and skipped is not None:
+        skipped.append(f"{runs_dir}: {left_out} rg-tracer JSONL log(s) left out (format {format!r} reads only "
+                       f"{format} runs)")
+    # train.jsonl files (and foreign runs) first: they own the plain directory ids.
+    found.sort(key=lambda f: (f[1].name != TRAIN_LOG, f[1].as_posix()))
+    taken = {known[f[0]] for f in found if f[0] in known}
     logs = []
-    for rel in rels:
-        key = rel.as_posix()
+    for key, id_rel, path, run_dir, fmt, source in found:
         run_id = known.get(key)
         if run_id is None:
-            run_id = _base_id(rel, root_name)
+            run_id = _base_id(id_rel, root_name)
             if run_id in taken:
                 run_id = key
             suffix = 2
             while run_id in taken:
                 run_id, suffix = f"{key}~{suffix}", suffix + 1
             taken.add(run_id)
-        path = runs_dir.resolve() / rel  # absolute: the database is read from other directories (notebooks/)
-        logs.append(LogFile(path, key, run_id, path.parent))
+        logs.append(LogFile(path, key, run_id, run_dir, fmt, source))
     return logs
+
+
+def _detect(readers: list, directory: Path, skipped: list[str] | None):
+    """The first reader that takes ``directory`` for one of its runs, or None."""
+    for reader in readers:
+        try:
+            if reader.detect(directory):
+                return reader
+        except Exception as exc:  # a reader's bug, or a file it could not open: not a run of it
+            if skipped is not None:
+                skipped.append(f"{directory}: the {reader.name} reader could not check it "
+                               f"({type(exc).__name__}: {exc}); not read as a {reader.name} run")
+    return None
 
 
 def iter_chunks(path: Path, offset: int, first_line: int, chunk_bytes: int = 64 << 20) -> Iterator[Chunk]:

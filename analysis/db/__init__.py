@@ -2,7 +2,8 @@
 
 ``ingest(runs_dir)`` loads every run log under ``runs_dir`` into a DuckDB file
 (default ``runs_dir/rg_tracer.duckdb``), reading only what was appended since
-the previous call. :class:`~analysis.db.store.Runs` (``open_runs``) reads it
+the previous call. Runs of other formats (TRL, verl: :mod:`analysis.db.formats`) are
+converted into rg-tracer logs under ``runs_dir/.rg-tracer/converted/`` first. :class:`~analysis.db.store.Runs` (``open_runs``) reads it
 back as polars DataFrames. Tables are documented in ``docs/analysis.md``.
 """
 
@@ -17,7 +18,8 @@ from tqdm import tqdm
 
 from analysis.db._load import FileReport, FileState, StorageError, first_line, is_storage_error, load_file
 from analysis.db._tables import DDL, DERIVED_TABLES, LAYOUT, VIEWS
-from analysis.logfiles import discover_logs
+from analysis.db.formats import AUTO, FormatError, check_format, convert, describe_formats, get_reader
+from analysis.logfiles import LogFile, discover_logs
 
 __all__ = ["DEFAULT_DB", "IngestError", "IngestResult", "FileReport", "ingest", "connect"]
 
@@ -91,8 +93,9 @@ def _states(con) -> dict[str, FileState]:
     return {r[0]: FileState(*r) for r in rows}
 
 
-def _refresh_run(con, state: FileState) -> None:
-    """Recompute the ``runs`` row of one run from its tables."""
+def _refresh_run(con, state: FileState, log_path: str | None = None) -> None:
+    """Recompute the ``runs`` row of one run from its tables (``log_path``: what to show as its log,
+    the source directory of a converted run)."""
     con.execute("DELETE FROM runs WHERE run_id = $1", [state.run_id])
     con.execute(
         """INSERT INTO runs
@@ -108,7 +111,7 @@ def _refresh_run(con, state: FileState) -> None:
           (SELECT min(started_at) FROM segments WHERE run_id = $1),
           (SELECT model FROM last), (SELECT seed FROM last), (SELECT config FROM last),
           $4, $5, now()""",
-        [state.run_id, state.run_dir, state.path, state.lines, state.bad_lines],
+        [state.run_id, state.run_dir, log_path or state.path, state.lines, state.bad_lines],
     )
 
 
@@ -118,9 +121,14 @@ def ingest(
     *,
     progress: bool | None = None,
     chunk_bytes: int = CHUNK_BYTES,
+    format: str = AUTO,
 ) -> IngestResult:
     """Load new lines of every ``*.jsonl`` under ``runs_dir`` into ``db_path``.
 
+    ``format``: ``auto`` detects each run directory's format (rg-tracer, trl, verl); a format's
+    name reads only runs of that format (``docs/peers.md``). A run of another format is converted
+    into ``runs_dir/.rg-tracer/converted/<run>/train.jsonl`` when its files changed; one that
+    cannot be read is left out with a note naming the file, and the others are ingested.
     ``progress=None`` shows a tqdm bar on stderr only when it is a terminal.
     Raises :class:`IngestError` for user mistakes (no logs, database in use) and when the database
     cannot store a chunk (disk full, out of memory): then no line is skipped, and the next call
@@ -129,17 +137,26 @@ def ingest(
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise IngestError(f"{runs_dir} is not a directory; pass the directory your training runs write to")
+    try:
+        format = check_format(format)
+        if format != AUTO:
+            get_reader(format)
+    except ValueError as exc:
+        raise IngestError(str(exc)) from None
     db_path = Path(db_path) if db_path is not None else runs_dir / DEFAULT_DB
     skipped: list[str] = []
-    if not discover_logs(runs_dir, skipped=skipped):  # before creating a database for nothing
-        also = f" ({len(skipped)} not regular files: {skipped[0]})" if skipped else ""
-        raise IngestError(
-            f"no *.jsonl logs under {runs_dir}{also}; point RUNS_DIR at the directory that holds your runs "
-            "(each run writes <run_dir>/train.jsonl)"
-        )
+    if not discover_logs(runs_dir, skipped=skipped, format=format):  # before creating a database for nothing
+        also = f" ({len(skipped)} left out: {skipped[0]})" if skipped else ""
+        if format in (AUTO, "rg-tracer"):
+            raise IngestError(
+                f"no *.jsonl logs under {runs_dir}{also}, nor a run directory of another format; point RUNS_DIR at "
+                f"the directory that holds your runs (each run writes <run_dir>/train.jsonl); {describe_formats()}"
+            )
+        raise IngestError(f"no {format} runs under {runs_dir}{also}; pass --format auto to read every format; "
+                          f"{describe_formats()}")
     con = connect(db_path)
     try:
-        return _ingest(con, runs_dir, db_path, progress, chunk_bytes)
+        return _ingest(con, runs_dir, db_path, progress, chunk_bytes, format)
     except StorageError as exc:
         raise IngestError(
             f"{exc.path}: lines {exc.first_line}-{exc.last_line} could not be stored in {db_path} ({exc.detail}); "
@@ -157,11 +174,33 @@ def ingest(
             pass  # an invalidated database, or no room for the checkpoint: committed chunks are in the WAL
 
 
-def _ingest(con, runs_dir: Path, db_path: Path, progress: bool | None, chunk_bytes: int) -> IngestResult:
+def _convert(runs_dir: Path, logs: list[LogFile], notes: list[str]) -> list[LogFile]:
+    """Bring the converted log of every run of another format up to date; leave out (with a
+    note) the runs that cannot be read."""
+    kept = []
+    root = runs_dir.resolve()
+    for log in logs:
+        if log.source is not None:
+            try:
+                done = convert(runs_dir, log.source, get_reader(log.format), log.source.relative_to(root).as_posix())
+            except FormatError as exc:
+                notes.append(f"{exc}; run {log.run_id} ({log.format}) left out")
+                continue
+            notes.extend(done.notes)
+        kept.append(log)
+    return kept
+
+
+def _ingest(con, runs_dir: Path, db_path: Path, progress: bool | None, chunk_bytes: int,
+            format: str = AUTO) -> IngestResult:
     result = IngestResult(db_path)
     _prepare(con, runs_dir, db_path)
     states = _states(con)
-    logs = discover_logs(runs_dir, {rel: s.run_id for rel, s in states.items()}, result.notes)
+    found = discover_logs(runs_dir, {rel: s.run_id for rel, s in states.items()}, result.notes, format)
+    logs = _convert(runs_dir, found, result.notes)
+    if found and not logs and not states:
+        raise IngestError(f"no run under {runs_dir} could be read: " + "; ".join(result.notes[-3:]))
+    shown = {log.rel_path: str(log.source) for log in logs if log.source is not None}
     for log in logs:
         states.setdefault(log.rel_path, FileState(log.rel_path, log.run_id, str(log.path), str(log.run_dir)))
         states[log.rel_path].path, states[log.rel_path].run_dir = str(log.path), str(log.run_dir)
@@ -175,7 +214,7 @@ def _ingest(con, runs_dir: Path, db_path: Path, progress: bool | None, chunk_byt
                 result.notes.append(report.skipped)
                 continue
             if report.new_lines or report.restarted or not _has_run_row(con, state.run_id):
-                _refresh_run(con, state)
+                _refresh_run(con, state, shown.get(log.rel_path))
             result.files.append(report)
     if any(f.new_lines or f.restarted for f in result.files):
         for table in DERIVED_TABLES:  # stale now; analyze writes them again

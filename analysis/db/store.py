@@ -165,12 +165,13 @@ class Runs:
 
 
 def open_runs(
-    path: str | Path, db_path: str | Path | None = None, *, ingest_new: bool = True, read_only: bool = True
+    path: str | Path, db_path: str | Path | None = None, *, ingest_new: bool = True, read_only: bool = True,
+    format: str = "auto",
 ) -> Runs:
     """Open the runs under ``path`` (a runs directory or a ``.duckdb`` file).
 
     For a directory, new log lines are ingested first (``ingest_new=False``
-    skips that). Read-only by default, but DuckDB still keeps other processes
+    skips that); ``format`` is :func:`~analysis.db.ingest`'s (``auto``, ``rg-tracer``, ``trl``, ``verl``). Read-only by default, but DuckDB still keeps other processes
     from writing while it is open: ``close()`` it (or use ``with``) before running
     ``rg-tracer ingest``/``analyze`` on the same database.
     """
@@ -178,7 +179,7 @@ def open_runs(
     if path.is_dir():
         db = Path(db_path) if db_path else path / DEFAULT_DB
         if ingest_new:
-            ingest(path, db, progress=False)
+            ingest(path, db, progress=False, format=format)
         return Runs(db, read_only=read_only)
     if path.exists():
         return Runs(path, read_only=read_only)

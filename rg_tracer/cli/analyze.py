@@ -17,6 +17,12 @@ __all__ = ["ingest_command", "analyze_command"]
 # down every other rg-tracer command. Equal to correlations.DEFAULT_MAX_LAG (tested).
 DEFAULT_MAX_LAG = 25
 
+#: ``auto`` and the names of ``analysis.db.formats.FORMATS`` (equal, tested): not imported here.
+FORMAT_CHOICES = ("auto", "rg-tracer", "trl", "verl")
+_FORMAT = click.option(
+    "--format", "format_", type=click.Choice(FORMAT_CHOICES), default="auto", show_default=True,
+    help="Run format: auto detects it per directory (rg-tracer train.jsonl, a TRL GRPOTrainer output_dir, a verl "
+         "run); a name reads only runs of that format. See docs/peers.md.")
 _RUNS_DIR = click.Path(exists=True, file_okay=False, dir_okay=True, path_type=Path)
 _DB = click.Path(dir_okay=False, path_type=Path)
 _SHOWN_ERRORS = 10
@@ -49,12 +55,14 @@ def _echo_result(result) -> None:
 @click.argument("runs_dir", type=_RUNS_DIR)
 @click.option("--db", "db_path", type=_DB, default=None,
               help="DuckDB file to write [default: RUNS_DIR/rg_tracer.duckdb].")
-def ingest_command(runs_dir: Path, db_path: Path | None) -> None:
+@_FORMAT
+def ingest_command(runs_dir: Path, db_path: Path | None, format_: str) -> None:
     """Load every run log under RUNS_DIR into a DuckDB file.
 
     Finds every *.jsonl below RUNS_DIR (a run's id is its directory relative to
     RUNS_DIR) and loads only the lines appended since the last call. Unreadable
-    lines are skipped and listed as FILE:LINE: FIELD: PROBLEM.
+    lines are skipped and listed as FILE:LINE: FIELD: PROBLEM. Output directories
+    of TRL's GRPOTrainer and of verl are converted first (docs/peers.md).
 
     \b
     Example:
@@ -64,7 +72,7 @@ def ingest_command(runs_dir: Path, db_path: Path | None) -> None:
     from analysis.db import IngestError, ingest
 
     try:
-        result = ingest(runs_dir, db_path)
+        result = ingest(runs_dir, db_path, format=format_)
     except IngestError as exc:
         raise click.ClickException(str(exc)) from exc
     _echo_result(result)
@@ -79,7 +87,8 @@ def ingest_command(runs_dir: Path, db_path: Path | None) -> None:
               help="DuckDB file to use [default: RUNS_DIR/rg_tracer.duckdb].")
 @click.option("--max-lag", type=click.IntRange(0, 1000), default=DEFAULT_MAX_LAG, show_default=True,
               help="Largest lead/lag, in steps, tried between an RL metric and a reward axis.")
-def analyze_command(runs_dir: Path, out_dir: Path, db_path: Path | None, max_lag: int) -> None:
+@_FORMAT
+def analyze_command(runs_dir: Path, out_dir: Path, db_path: Path | None, max_lag: int, format_: str) -> None:
     """Report how each reward axis of every run evolved, and what moved first.
 
     Ingests RUNS_DIR (as `rg-tracer ingest` does), then writes OUT/index.html
@@ -89,6 +98,7 @@ def analyze_command(runs_dir: Path, out_dir: Path, db_path: Path | None, max_lag
     same-step couplings between RL metrics and axes, grokking calls, each with
     its uncertainty), then curves, correlations, lead/lag, per-task and eval
     plots; plus OUT/<run_id>/summary.json. Prints the path of OUT/index.html.
+    RUNS_DIR may hold TRL GRPOTrainer output directories and verl runs too.
     How often the findings are wrong on data with known truth: docs/analysis.md.
 
     \b
@@ -100,7 +110,7 @@ def analyze_command(runs_dir: Path, out_dir: Path, db_path: Path | None, max_lag
     from analysis.db import IngestError, ingest
 
     try:
-        result = ingest(runs_dir, db_path)
+        result = ingest(runs_dir, db_path, format=format_)
         _echo_result(result)
         index = analyze_runs(runs_dir, out_dir, db_path, max_lag=max_lag, ingested=result)  # ingests once
     except IngestError as exc:
