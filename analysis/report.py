@@ -101,7 +101,12 @@ def write_run_page(out: Path, rr: RunReport) -> Path:
         body.append(table(["line", "field", "problem"], [(e["line"], e["field"], e["message"]) for e in rr.errors],
                           [True, False, False]))
     if rr.fitness.is_empty():
-        body.append('<p class="muted">No sampled completions yet (no steps, or supervised warm-up steps only).</p>')
+        body.append('<p class="muted">No sampled completions (no steps yet, supervised warm-up steps only, or a log '
+                    "that keeps step metrics only, e.g. TRL without log_completions=True): no per-axis curves, "
+                    "transitions, correlations or lead/lag. The step metrics the log holds are below.</p>")
+        if not rr.metrics.is_empty():
+            body += ["<h2>RL metrics</h2>", _warmup_html(rr),
+                     _figure(run_dir, "metrics.png", plots.metric_curves(rr.metrics, rr.warmup), "RL metrics")]
     else:
         body += [
             "<h2>Reward axes</h2>", _figure(run_dir, "axes.png", plots.axis_curves(rr.fitness, rr.transitions),

@@ -131,6 +131,8 @@ def test_a_metrics_only_run_is_analysed_with_a_note_on_what_is_missing(trl_runs,
     assert "no per-sample completions" in result.output and "log_completions=True" in result.output
     index = (tmp_path / "report" / "index.html").read_text()
     assert "no per-sample completions" in index and (tmp_path / "report" / "metrics-only" / "index.html").is_file()
+    page = (tmp_path / "report" / "metrics-only" / "index.html").read_text()
+    assert "<h2>RL metrics</h2>" in page and (tmp_path / "report" / "metrics-only" / "metrics.png").is_file()
     with open_runs(runs, ingest_new=False) as db:
         assert db.runs()["n_samples"].to_list() == [0] and db.axes().is_empty()
         metrics = db.metrics()
