@@ -98,7 +98,7 @@ def test_run_with_zero_steps_still_reports(tmp_path):
     write_log(runs / "fresh" / "train.jsonl", [run_record()])
     index = analyze_runs(runs, tmp_path / "out")
     page = (tmp_path / "out" / "fresh" / "index.html").read_text()
-    assert "No sampled completions yet" in page
+    assert "No sampled completions (no steps yet" in page
     summary = json.loads((tmp_path / "out" / "fresh" / "summary.json").read_text())
     assert summary["grokking"]["status"] == "no_evals"
     del summary["grokking"]
