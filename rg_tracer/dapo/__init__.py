@@ -3,6 +3,8 @@
 * :mod:`.config`      — :class:`TrainConfig`, the options of ``rg-tracer train``.
 * :mod:`.prepare`     — :func:`prepare_run`: the shared inputs plus checkpoint and resume state.
 * :mod:`.trainer`     — :class:`DAPOHybridTrainer` and :func:`train`, the loop.
+* :mod:`.step_failures` — non-finite steps (skip or stop at the last good step), a full disk.
+* :mod:`.trainer_state` — the trainer's checkpoint: save, restore on ``--resume``.
 * :mod:`.sampling`    — groups of completions per prompt, overlong shaping, dynamic sampling.
 * :mod:`.objective`   — advantages and the DAPO loss correction around upstream's loss.
 * :mod:`.optim`       — AdamW parameter groups and the clipping wrapper that keeps the norm.

@@ -26,20 +26,20 @@ How it departs from a textbook DAPO/GRPO loop, because of the upstream ``DAPOTra
    probabilities that are not finite (diverged weights) stop it without saving them; a full
    disk stops it with the log's torn last line cut and no half checkpoint. :func:`train`
    releases the run directory's lock.
+
+The trainer's methods for those failures live in :mod:`rg_tracer.dapo.step_failures`, those
+that save and restore its checkpoint state in :mod:`rg_tracer.dapo.trainer_state`
+(:class:`DAPOHybridTrainer` inherits both), to keep this module to the loop itself.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import random
 import sys
 import time
-from pathlib import Path
 
 import torch
-from gepa_dapo_grn.curriculum import TaskStats
 from gepa_dapo_grn.dapo_core import DAPOBatch
 
 from rg_tracer.dapo.config import TrainConfig
@@ -51,15 +51,17 @@ from rg_tracer.dapo.optim import ClippingOptimizer, adamw
 from rg_tracer.dapo.sampling import GroupSampler, ScoredBatch
 from rg_tracer.dapo.setup import PreparedRun, prepare_run
 from rg_tracer.dapo.sharding import batch_statistics, merge_step, sft_share
+from rg_tracer.dapo.step_failures import NonFiniteStep, StepFailures, _FiniteGradients
+from rg_tracer.dapo.trainer_state import TrainerState
 from rg_tracer.dapo.upstream import dapo_trainer, synchronise, upstream_metrics
 from rg_tracer.errors import UserError
 from rg_tracer.reward_mixer import check_overlap
 from rg_tracer.runtime.distributed import wrap_for_gradients
-from rg_tracer.runtime.checkpoint import disk_full, latest_checkpoint, prune_checkpoints, save_checkpoint
+from rg_tracer.runtime.checkpoint import disk_full
 from rg_tracer.runtime.evaluation import evaluate_run
 from rg_tracer.runtime.log_writer import JsonlLogger, drop_torn_tail
 from rg_tracer.runtime.policy_adapter import HFPolicyAdapter
-from rg_tracer.schema import RL_KEYS, end_record, step_record
+from rg_tracer.schema import end_record, step_record
 from rg_tracer.runtime.run import (
     SALT_SFT_BATCH, StopSignal, mix_seed, progress_bar, release_run_dir, run_record,
 )
@@ -67,36 +69,7 @@ from rg_tracer.runtime.run import (
 __all__ = ["DAPOHybridTrainer", "train", "NonFiniteStep"]
 
 
-class NonFiniteStep(Exception):
-    """A step that cannot be trained: its gradient norm is not finite (raised before the
-    optimizer update), or, ``diverged``, the policy's sampling probabilities are not (the
-    weights themselves are bad, so the step cannot be skipped)."""
-
-    def __init__(self, what: str, diverged: bool = False) -> None:
-        super().__init__(what)
-        self.what, self.diverged = what, diverged
-
-
-class _FiniteGradients:
-    """:class:`ClippingOptimizer`'s gradient filter: raises :class:`NonFiniteStep` when the raw
-    gradients' norm is not finite, before GrokFast's EMA (``then``) sees them and before the
-    optimizer moves anything (under DDP they are already averaged: every rank agrees).
-    ``passed`` counts the updates let through since the trainer last reset it."""
-
-    def __init__(self, then=None) -> None:
-        self.then, self.passed = then, 0
-
-    def __call__(self, params) -> None:
-        grads = [p.grad for p in params if p.grad is not None]
-        norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
-        if not math.isfinite(norm):
-            raise NonFiniteStep(f"non-finite gradient norm ({norm})")
-        if self.then is not None:
-            self.then(params)
-        self.passed += 1
-
-
-class DAPOHybridTrainer:
+class DAPOHybridTrainer(TrainerState, StepFailures):
     def __init__(self, run: PreparedRun) -> None:
         cfg = self.config = run.config
         self.run = run
@@ -129,108 +102,6 @@ class DAPOHybridTrainer:
         self.sampler = GroupSampler(self.policy, run)
         if run.resume_state:
             self._restore(run.resume_state)
-
-    # -- state ------------------------------------------------------------------
-    def _restore(self, state: dict) -> None:
-        self.step = self._saved_step = state["step"]
-        self.optimizer.load_state_dict(self.run.optimizer_state)
-        for group in self.optimizer.param_groups:  # JSON gave a list; AdamW's own type is a tuple
-            if isinstance(group.get("betas"), list):
-                group["betas"] = tuple(group["betas"])
-            group["lr"] = self.config.learning_rate  # --resume-with-changes: the new rate from the next step
-        self.optimizer.param_groups[0]["weight_decay"] = self.config.weight_decay  # the decayed group
-        if self.slow_gradient is not None:
-            extra = self.run.extra_tensors or {}
-            self.slow_gradient.ema = {int(k.split(".")[1]): v for k, v in extra.items() if k.startswith("slow_gradient.")}
-        self.run.optimizer_state = self.run.extra_tensors = None  # restored: no second copy
-        self._load_trackers(state)
-        self._mixer_checked = self.step > self.config.sft_steps
-
-    def _tracker_state(self) -> dict:
-        """Upstream's KL weight, curriculum and safety statistics (copies)."""
-        return {
-            "kl_coeff": self.dapo.config.kl_coeff,
-            "curriculum": {k: dataclasses.asdict(v) for k, v in self.dapo.curriculum.tasks.items()},
-            "safety": dataclasses.asdict(self.dapo.safety_controller.state),
-        }
-
-    def _load_trackers(self, state: dict) -> None:
-        self.dapo.config.kl_coeff = state["kl_coeff"]
-        self.dapo.curriculum.tasks = {k: TaskStats(**v) for k, v in state["curriculum"].items()}
-        safety = self.dapo.safety_controller.state
-        for key, value in state["safety"].items():
-            setattr(safety, key, value)
-
-    def _trainer_state(self) -> dict:
-        return {**self._tracker_state(), "config": self.config.to_dict(), "world_size": self.dist.world_size}
-
-    def save(self):
-        """Rank 0 writes the checkpoint (every rank holds the same state); the others wait."""
-        extra = {f"slow_gradient.{i}": t for i, t in self.slow_gradient.ema.items()} if self.slow_gradient else None
-        path = None
-        if self.dist.is_main:
-            path = save_checkpoint(self.run.run_dir, self.step, self.run.model, self.run.tokenizer,
-                                   self.optimizer, self._trainer_state(), extra)
-            prune_checkpoints(self.run.run_dir, self.config.keep_checkpoints)
-        self._saved_step = self.step
-        self.dist.barrier()
-        return path
-
-    # -- a step that cannot be trained --------------------------------------------
-    def _checked_step(self, step: int) -> dict:
-        """:meth:`train_step`, where a :class:`NonFiniteStep` is skipped (``--skip-nonfinite``)
-        or ends the run: with the state back at the last good step (saved unless it is already,
-        or is step 0) when the failure came before any update, without a save otherwise."""
-        before = self._tracker_state()
-        self.finite.passed = 0
-        try:
-            return self.train_step(step)
-        except NonFiniteStep as exc:
-            failure = exc
-        clean = self.finite.passed == 0  # no update yet: weights and optimizer are step - 1's
-        if clean:
-            self._load_trackers(before)  # upstream counted the batch before its update
-        if self.config.skip_nonfinite and not failure.diverged:
-            return self._skipped_step(step, failure)
-        latest = None
-        if clean and not failure.diverged and self.step > self._saved_step:
-            latest = self.save()
-        latest = latest or latest_checkpoint(self.run.run_dir)
-        self.logger.write("end", **end_record(step=self.step, status="interrupted"))
-        if failure.diverged:
-            what = (f"{failure.what}{': it cannot be skipped' if self.config.skip_nonfinite else ''}: the weights "
-                    f"after step {self.step} have diverged and were not saved")
-        elif not clean:
-            what = f"{failure.what} after the step had updated the weights, which were not saved"
-        else:
-            what = f"{failure.what}; stopped at step {self.step}" if self.step else f"{failure.what}; nothing trained yet"
-        where = f"latest checkpoint {latest}" if latest else "no checkpoint"
-        skip = "" if failure.diverged else ", or pass --skip-nonfinite to skip such steps"
-        raise UserError(f"step {step}: {what} ({where}); continue with --resume --resume-with-changes and a lower "
-                        f"--learning-rate or --max-grad-norm{skip}")
-
-    def _skipped_step(self, step: int, failure: NonFiniteStep) -> dict:
-        """Log ``step`` as skipped: no update, the metrics it could not compute null."""
-        rl = {**dict.fromkeys(RL_KEYS), "lr": self.optimizer.param_groups[0]["lr"], "nonfinite_skipped": 1}
-        record = self.logger.write("step", **step_record(
-            step=step, phase="sft" if step <= self.config.sft_steps else "rl", rl=rl, timing={}))
-        if self.dist.is_main:
-            print(f"step {step}: {failure.what}; skipped (--skip-nonfinite)", file=sys.stderr)
-        self.step = step
-        return record
-
-    def _sample(self, step: int) -> ScoredBatch:
-        """The step's batch; :class:`NonFiniteStep` on every rank when one rank's policy gives
-        probabilities that are not finite (torch.multinomial refuses them)."""
-        batch = None
-        try:
-            batch = self.sampler.sample(step)
-        except RuntimeError as exc:
-            if "probability tensor contains" not in str(exc):
-                raise
-        if self.dist.any(batch is None):
-            raise NonFiniteStep("the policy's sampling probabilities are not finite", diverged=True)
-        return batch
 
     # -- one step ---------------------------------------------------------------
     def train_step(self, step: int) -> dict:
@@ -399,36 +270,6 @@ class DAPOHybridTrainer:
             bar.close()
             self.logger.close()
         return self.step
-
-    def _complete(self) -> None:
-        """The run's last checkpoint is at --max-steps: write the end record a kill prevented,
-        or, when the log already ends with it, say so and write nothing."""
-        if _ends_completed(self.run.log_path, self.step):
-            if self.dist.is_main:
-                print(f"{self.run.run_dir} already completed step {self.step}; raise --max-steps to train further",
-                      file=sys.stderr)
-            return
-        self.logger.write("end", **end_record(step=self.step, status="completed"))
-
-    def _abandon_log(self) -> None:
-        """After a failed write: close the log (its buffer may not flush) and cut a torn last line."""
-        try:
-            self.logger.close()
-        except OSError:
-            pass
-        if self.dist.is_main:
-            drop_torn_tail(self.run.log_path)
-
-
-def _ends_completed(log_path: Path, step: int) -> bool:
-    """Whether the log's last line is a ``completed`` end record at ``step``."""
-    try:
-        with open(log_path, "rb") as f:
-            f.seek(max(0, f.seek(0, 2) - 4096))
-            last = json.loads(f.read().splitlines()[-1])
-    except (OSError, ValueError, IndexError):
-        return False
-    return isinstance(last, dict) and (last.get("kind"), last.get("status"), last.get("step")) == ("end", "completed", step)
 
 
 def _postfix(record: dict) -> str:
