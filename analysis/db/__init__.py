@@ -18,7 +18,8 @@ from tqdm import tqdm
 
 from analysis.db._load import FileReport, FileState, StorageError, first_line, is_storage_error, load_file
 from analysis.db._tables import DDL, DERIVED_TABLES, LAYOUT, VIEWS
-from analysis.db.formats import AUTO, FormatError, check_format, convert, describe_formats, get_reader
+from analysis.db.formats import AUTO, FormatError, check_format, describe_formats, get_reader
+from analysis.db.formats.conversion import convert
 from analysis.logfiles import LogFile, discover_logs
 
 __all__ = ["DEFAULT_DB", "IngestError", "IngestResult", "FileReport", "ingest", "connect"]

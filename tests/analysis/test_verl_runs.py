@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from analysis.db.formats.verl import READER, RL_NAMES, VerlFormatError, VerlWarning, _rl
+from analysis.db.formats.verl import READER, VerlFormatError, VerlWarning
+from analysis.db.formats.verl_metrics import RL_NAMES, _rl
 from rg_tracer.schema import RL_KEYS, validate
 
 FIXTURE = Path(__file__).parent / "data" / "verl" / "grpo_run"
