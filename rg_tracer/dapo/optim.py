@@ -3,7 +3,9 @@
 ``DAPOTrainer.train_step`` clips gradients itself and discards the norm. We give it
 ``max_grad_norm=inf`` (a no-op clip) and clip here instead, in ``step()``, where the
 pre-clip norm is still visible; the trainer only ever calls ``zero_grad`` and ``step``.
-``max_grad_norm=None`` measures the norm and leaves the gradients as they are.
+``max_grad_norm=None`` measures the norm and leaves the gradients as they are. The norm is
+computed once per step: a ``grad_filter`` is handed it, and only a filter that changes the
+gradients (GrokFast) makes the clip measure them again.
 
 :func:`adamw` builds the AdamW underneath, with :func:`parameter_groups` for
 ``--weight-decay-exclude``.
@@ -20,7 +22,8 @@ class ClippingOptimizer:
     def __init__(self, optimizer: torch.optim.Optimizer, max_grad_norm: float | None, grad_filter=None) -> None:
         self.optimizer = optimizer
         self.max_grad_norm = max_grad_norm
-        self.grad_filter = grad_filter  # called on the raw gradients before clipping (GrokFast)
+        # grad_filter(params, raw_norm) -> whether it changed the gradients; called before clipping
+        self.grad_filter = grad_filter
         self.last_grad_norm: float = float("nan")
 
     @property
@@ -32,13 +35,12 @@ class ClippingOptimizer:
 
     def step(self) -> None:
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        if self.grad_filter is not None:
-            self.grad_filter(params)
-        if self.max_grad_norm is None:  # no clipping: measure only
-            grads = [p.grad for p in params if p.grad is not None]
-            norm = torch.nn.utils.get_total_norm(grads) if grads else torch.tensor(0.0)
-        else:
-            norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
+        grads = [p.grad for p in params if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads) if grads else torch.tensor(0.0)
+        if self.grad_filter is not None and self.grad_filter(params, float(norm)):
+            norm = torch.nn.utils.get_total_norm(grads)  # the filter changed them
+        if self.max_grad_norm is not None and grads:
+            torch.nn.utils.clip_grads_with_norm_(params, self.max_grad_norm, norm)
         self.last_grad_norm = float(norm)
         self.optimizer.step()
 

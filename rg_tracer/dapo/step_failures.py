@@ -13,8 +13,6 @@ from __future__ import annotations
 import math
 import sys
 
-import torch
-
 from rg_tracer.dapo.sampling import ScoredBatch
 from rg_tracer.errors import UserError
 from rg_tracer.runtime.checkpoint import latest_checkpoint
@@ -36,21 +34,21 @@ class NonFiniteStep(Exception):
 
 class _FiniteGradients:
     """:class:`ClippingOptimizer`'s gradient filter: raises :class:`NonFiniteStep` when the raw
-    gradients' norm is not finite, before GrokFast's EMA (``then``) sees them and before the
-    optimizer moves anything (under DDP they are already averaged: every rank agrees).
-    ``passed`` counts the updates let through since the trainer last reset it."""
+    gradients' norm (measured once, by the optimizer) is not finite, before GrokFast's EMA
+    (``then``) sees them and before the optimizer moves anything (under DDP they are already
+    averaged: every rank agrees). ``passed`` counts the updates let through since the trainer
+    last reset it. Returns whether the gradients changed (GrokFast's amplification)."""
 
     def __init__(self, then=None) -> None:
         self.then, self.passed = then, 0
 
-    def __call__(self, params) -> None:
-        grads = [p.grad for p in params if p.grad is not None]
-        norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+    def __call__(self, params, norm: float) -> bool:
         if not math.isfinite(norm):
             raise NonFiniteStep(f"non-finite gradient norm ({norm})")
         if self.then is not None:
             self.then(params)
         self.passed += 1
+        return bool(self.then is not None and self.then.lam)
 
 
 class StepFailures:
