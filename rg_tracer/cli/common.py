@@ -17,7 +17,7 @@ from rg_tracer.errors import UserError
 from rg_tracer.options import INPUTS, base_type, config_from_file
 
 __all__ = ["user_errors", "options_from", "config_option", "config_from_cli", "SectionedCommand",
-           "EXIT_INTERRUPTED", "RUN_EXIT_STATUS", "exit_if_interrupted"]
+           "EXIT_INTERRUPTED", "RUN_EXIT_STATUS", "finish_run"]
 
 _TYPES = {int: int, float: float, str: str}
 
@@ -46,8 +46,17 @@ def user_errors(func):
     return wrapper
 
 
-def exit_if_interrupted(done: int, planned: int) -> None:
-    """A run that stopped (Ctrl-C) before its last step exits with :data:`EXIT_INTERRUPTED`, so scripts can tell."""
+def finish_run(search, where: str, done: int, planned: int) -> None:
+    """What a search command prints at the end (rank 0 only under torchrun): the last eval in one
+    line, then ``where`` (the log, ...); a run stopped by Ctrl-C before its last step exits with
+    :data:`EXIT_INTERRUPTED`, so scripts can tell."""
+    from rg_tracer.runtime.evaluation import eval_summary
+
+    if search.dist.is_main:
+        summary = eval_summary(search.last_eval)
+        if summary:
+            click.echo(summary)
+        click.echo(where)
     if done < planned:
         raise click.exceptions.Exit(EXIT_INTERRUPTED)
 

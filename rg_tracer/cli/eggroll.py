@@ -10,7 +10,7 @@ from __future__ import annotations
 import click
 
 from rg_tracer.cli.common import (
-    RUN_EXIT_STATUS, SectionedCommand, config_from_cli, config_option, exit_if_interrupted, options_from, user_errors,
+    RUN_EXIT_STATUS, SectionedCommand, config_from_cli, config_option, finish_run, options_from, user_errors,
 )
 from rg_tracer.eggroll.config import EggrollConfig
 from rg_tracer.eggroll.shaping import SHAPINGS
@@ -49,16 +49,10 @@ def eggroll_command(ctx: click.Context, config_file: str | None, **options) -> N
     config = config_from_cli(EggrollConfig, ctx, config_file, options)
     quiet_transformers()
     from rg_tracer.eggroll.search import search
-    from rg_tracer.runtime.evaluation import eval_summary
 
     searcher = search(config)
-    if searcher.dist.is_main:  # under torchrun: one line, from rank 0
-        summary = eval_summary(searcher.last_eval)
-        if summary:
-            click.echo(summary)
-        click.echo(f"log: {searcher.run.log_path} (generation {searcher.generation}); "
-                   f"weights: {searcher.run.run_dir / 'model'}")
-    exit_if_interrupted(searcher.generation, config.generations)
+    finish_run(searcher, f"log: {searcher.run.log_path} (generation {searcher.generation}); "
+               f"weights: {searcher.run.run_dir / 'model'}", searcher.generation, config.generations)
 
 
 @click.group("fitness")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from rg_tracer.cli.common import (
-    RUN_EXIT_STATUS, SectionedCommand, config_from_cli, config_option, exit_if_interrupted, options_from, user_errors,
+    RUN_EXIT_STATUS, SectionedCommand, config_from_cli, config_option, finish_run, options_from, user_errors,
 )
 from rg_tracer.dapo.config import TrainConfig
 from rg_tracer.models import quiet_transformers
@@ -31,12 +31,6 @@ def train_command(ctx: click.Context, config_file: str | None, **options) -> Non
     config = config_from_cli(TrainConfig, ctx, config_file, options)
     quiet_transformers()
     from rg_tracer.dapo.trainer import train
-    from rg_tracer.runtime.evaluation import eval_summary
 
     trainer = train(config)
-    if trainer.dist.is_main:  # under torchrun: one line, from rank 0
-        summary = eval_summary(trainer.last_eval)
-        if summary:
-            click.echo(summary)
-        click.echo(f"log: {trainer.run.log_path} (step {trainer.step})")
-    exit_if_interrupted(trainer.step, config.max_steps)
+    finish_run(trainer, f"log: {trainer.run.log_path} (step {trainer.step})", trainer.step, config.max_steps)
