@@ -105,3 +105,16 @@ def test_eval_records_keep_a_few_held_out_completions(tmp_path, tiny_model_dir):
     first = test["samples"][0]
     assert set(first) == {"prompt_id", "prompt", "answer", "completion", "scores"}
     assert set(first["scores"]) >= set(test["metrics"]) - {"answer_length"}
+
+
+def test_unset_threads_take_one_for_a_small_model_on_cpu(tmp_path, tiny_model_dir):
+    from rg_tracer.dapo.setup import prepare_run
+    from rg_tracer.runtime.run import release_run_dir
+
+    torch.set_num_threads(2)
+    try:
+        run = prepare_run(config(tmp_path, tiny_model_dir("qwen2"), threads=None))  # 137k parameters
+        assert torch.get_num_threads() == 1
+        release_run_dir(run.run_dir)
+    finally:
+        torch.set_num_threads(1)
