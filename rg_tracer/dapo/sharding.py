@@ -29,9 +29,9 @@ def sft_share(dist, examples: list) -> list:
     return dist.shard(examples) if dist.active and len(examples) % dist.world_size == 0 else examples
 
 
-def batch_statistics(gepa: list[dict], generation: list[dict], mixer, group_size: int) -> dict:
-    """The ``rl`` numbers that describe the batch itself, from its logged samples."""
-    scalar, _ = mix_reward_vectors([s["rewards"] for s in gepa], mixer)
+def batch_statistics(scalar: torch.Tensor, generation: list[dict], group_size: int) -> dict:
+    """The ``rl`` numbers that describe the batch itself: from its mixed rewards ``scalar`` and
+    its logged ``generation`` rows."""
     lengths = torch.tensor([g["completion_tokens"] for g in generation], dtype=torch.float32)
     return {
         "reward_mixed_mean": scalar.mean().item(), "reward_mixed_std": scalar.std(unbiased=False).item(),
@@ -62,7 +62,8 @@ def merge_step(dist, mixer, group_size: int, payload: dict) -> dict:
     generation = [g for p in parts for g in p["generation"]]
     rl = {name: _combine(name, [p["rl"].get(name) for p in parts]) for name in parts[0]["rl"]}
     if gepa:
-        rl.update(batch_statistics(gepa, generation, mixer, group_size))
+        scalar, _ = mix_reward_vectors([s["rewards"] for s in gepa], mixer)
+        rl.update(batch_statistics(scalar, generation, group_size))
     norms = [p["rl"]["grad_norm"] for p in parts]
     rl["dist/world_size"] = dist.world_size
     rl["dist/grad_norm_spread"] = max(norms) - min(norms)

@@ -123,7 +123,8 @@ class DAPOHybridTrainer(TrainerState, StepFailures):
                 batch.examples, batch.rollout.prompt_tokens, batch.rollout.completion_tokens,
                 batch.rollout.truncated, batch.rollout.completions))
         ]
-        rl = {**self._update(batch), **batch_statistics(gepa, generation, self.run.mixer, g), **batch.stats,
+        scalar = mixed_rewards(batch.feedbacks, self.run.mixer)  # the training reward, mixed once
+        rl = {**self._update(batch, scalar), **batch_statistics(scalar, generation, g), **batch.stats,
               **self._diagnostics(step)}
         t2 = time.perf_counter()
         payload = merge_step(self.dist, self.run.mixer, g, {
@@ -173,10 +174,10 @@ class DAPOHybridTrainer(TrainerState, StepFailures):
         return self.policy.teacher_forced([e.prompt for e in examples], [e.answer for e in examples],
                                           eos_in_loss=self.config.sft_eos_loss)
 
-    def _update(self, batch: ScoredBatch) -> dict:
-        """``--updates-per-batch`` upstream train steps on one batch; returns the ``rl`` metrics."""
+    def _update(self, batch: ScoredBatch, scalar: torch.Tensor) -> dict:
+        """``--updates-per-batch`` upstream train steps on one batch with mixed rewards ``scalar``;
+        returns the ``rl`` metrics."""
         cfg, rollout = self.config, batch.rollout
-        scalar = mixed_rewards(batch.feedbacks, self.run.mixer)
         advantages = group_advantages(scalar, cfg.group_size, cfg.clip_advantage)
         weights = None
         if cfg.mask_truncated and any(rollout.truncated):
@@ -184,7 +185,7 @@ class DAPOHybridTrainer(TrainerState, StepFailures):
         logp_old, clip_fracs, corrections = None, [], []
         kl_coeff = self.dapo.config.kl_coeff
         share = self._token_share(rollout)
-        everyone = [fb for share in self.dist.all_gather(batch.feedbacks) for fb in share] if self.trackers else None
+        everyone = [fb for part in self.dist.all_gather(batch.feedbacks) for fb in part] if self.trackers else None
         for _ in range(cfg.updates_per_batch):
             if self.trackers:  # upstream's trackers see the whole step, in global order, as in one process
                 self.trackers.update(everyone)
