@@ -113,6 +113,7 @@ def synchronise(dapo: DAPOTrainer, dist) -> GlobalTrackers | None:
     are :class:`GlobalTrackers` (returned). In one process nothing changes (``None``)."""
     if not dist.active:
         return None
-    update_kl = dapo._update_kl_coeff
-    dapo._update_kl_coeff = lambda kl_value: update_kl(dist.mean(kl_value))
+    if dapo.config.adaptive_kl:  # otherwise upstream's update returns at once: no collective needed
+        update_kl = dapo._update_kl_coeff
+        dapo._update_kl_coeff = lambda kl_value: update_kl(dist.mean(kl_value))
     return GlobalTrackers(dapo)
