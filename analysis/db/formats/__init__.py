@@ -40,7 +40,6 @@ __all__ = [
     "CONVERTED_DIR",
     "Reader",
     "FormatError",
-    "Conversion",
     "note",
     "record",
     "readers",
@@ -48,7 +47,6 @@ __all__ = [
     "check_format",
     "describe_formats",
     "converted_rel",
-    "convert",
 ]
 
 AUTO = "auto"
@@ -158,13 +156,3 @@ def converted_rel(rel_dir: str) -> str:
     """The converted log of the run at ``rel_dir`` (POSIX, relative to RUNS_DIR; ``.`` for RUNS_DIR
     itself), relative to RUNS_DIR."""
     return f"{CONVERTED_DIR}/train.jsonl" if rel_dir in ("", ".") else f"{CONVERTED_DIR}/{rel_dir}/train.jsonl"
-
-
-def __getattr__(name: str) -> object:
-    """``convert`` and ``Conversion`` live in :mod:`analysis.db.formats.conversion` (imported on
-    first use: it imports this registry)."""
-    if name in ("convert", "Conversion"):
-        from analysis.db.formats import conversion
-
-        return getattr(conversion, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
