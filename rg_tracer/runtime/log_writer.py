@@ -35,8 +35,12 @@ def json_safe(value: Any) -> Any:
 _RAW_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
 
 
+def _record(kind: str, fields: dict) -> dict:
+    return {"schema": SCHEMA, "kind": kind, "time": time.time(), **fields}
+
+
 def _line(kind: str, fields: dict) -> tuple[dict, str]:
-    record = {"schema": SCHEMA, "kind": kind, "time": time.time(), **fields}
+    record = _record(kind, fields)
     text = json.dumps(json_safe(record), ensure_ascii=False, allow_nan=False)
     return record, text.translate(_RAW_BREAKS) + "\n"
 
@@ -84,14 +88,16 @@ class JsonlLogger:
 
     def stage(self, kind: str, **fields: Any) -> dict:
         """Queue a record to be written just before the next :meth:`write`."""
+        if not self.enabled:
+            return _record(kind, fields)
         record, line = _line(kind, fields)
         self._staged.append(line)
         return record
 
     def write(self, kind: str, **fields: Any) -> dict:
+        if not self.enabled:  # the record, not encoded: nothing is written
+            return _record(kind, fields)
         record, line = _line(kind, fields)
-        if not self.enabled:
-            return record
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "a", encoding="utf-8")
