@@ -26,6 +26,7 @@ on GPUs whose seeded noise differs). Rank 0 writes the log and the weights.
 
 from __future__ import annotations
 
+import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -130,32 +131,29 @@ class EggrollSearch:
             self._mixer_checked = True
         t1 = time.perf_counter()
         raw, shaped, norm = es_step(run.layers, population, lambda _: ev.fitness, lr=cfg.lr, shaping=cfg.shaping)
-        self._check_finite_weights(generation)
-        self._check_same_weights(generation)
+        self._check_weights(generation)
         t2 = time.perf_counter()
         record = self._log(generation, ev, raw, shaped, norm, {"generate": t1 - t0, "train": t2 - t1})
         self.generation = generation
         return record
 
-    def _check_finite_weights(self, generation: int) -> None:
-        """Stop, saving nothing, when an update made a weight inf or NaN: every later member would be noise."""
-        bad = next((layer for layer in self.run.layers if not torch.isfinite(layer.module.weight).all()), None)
+    def _check_weights(self, generation: int) -> None:
+        """After an update, one pass over the perturbed weights (a float64 sum per layer): stop,
+        saving nothing, when one is inf or NaN (every later member would be noise); under
+        torchrun, also when the processes' sums differ (their seeded noise differs)."""
+        sums = [float(layer.module.weight.detach().sum(dtype=torch.float64)) for layer in self.run.layers]
+        bad = next((layer for layer, total in zip(self.run.layers, sums) if not math.isfinite(total)), None)
         if bad is not None:
             cfg = self.config
             raise UserError(f"generation {generation}: the update made weights of {bad.name} inf or NaN (--sigma "
                             f"{cfg.sigma}, --lr {cfg.lr}); the weights were not saved: lower --sigma or --lr and rerun "
                             "with --overwrite")
-
-    def _check_same_weights(self, generation: int) -> None:
-        """Under torchrun: stop when the ranks' perturbed weights differ after an update."""
-        if not self.dist.active:
-            return
-        checksum = float(sum(layer.module.weight.detach().double().sum() for layer in self.run.layers))
-        sums = self.dist.all_gather(checksum)
-        if len(set(sums)) > 1:
-            raise RuntimeError(f"generation {generation}: the processes' weights differ after the update "
-                               f"(checksums {sums}); their seeded noise differs (mixed GPU models or MIG "
-                               "profiles?). Run on identical devices; see docs/distributed.md")
+        if self.dist.active:
+            checksums = self.dist.all_gather(sum(sums))
+            if len(set(checksums)) > 1:
+                raise RuntimeError(f"generation {generation}: the processes' weights differ after the update "
+                                   f"(checksums {checksums}); their seeded noise differs (mixed GPU models or MIG "
+                                   "profiles?). Run on identical devices; see docs/distributed.md")
 
     def _log(self, generation: int, ev: MemberEval, raw: np.ndarray, shaped: np.ndarray, norm: float,
              timing: dict) -> dict:
