@@ -20,7 +20,7 @@ from rg_tracer.errors import UserError
 from rg_tracer.options import SEED_LIMIT
 
 __all__ = ["ARCHS", "TinyModelSpec", "init_model", "load_model", "quiet_transformers", "resolve_device",
-           "check_context"]
+           "check_context", "saved_config"]
 
 ARCHS = ("gpt2", "llama", "qwen2")
 #: Device types a run can compute on (``meta`` holds shapes only, no numbers).
@@ -167,8 +167,9 @@ def _local_tokenizer(directory: str, kwargs: dict):
 _GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
 
 
-def load_model(name_or_path: str, *, trust_remote_code: bool = False):
-    """Return ``(model, tokenizer)`` from a directory or hub name, tokenizer left-padding."""
+def load_model(name_or_path: str, *, trust_remote_code: bool = False, dtype=None):
+    """Return ``(model, tokenizer)`` from a directory or hub name, tokenizer left-padding;
+    the weights in ``dtype`` (a torch dtype; default: as saved)."""
     import pickle
 
     from safetensors import SafetensorError
@@ -176,15 +177,16 @@ def load_model(name_or_path: str, *, trust_remote_code: bool = False):
 
     local = Path(name_or_path).is_dir()
     kwargs = dict(trust_remote_code=trust_remote_code)
+    weights = {} if dtype is None else {"dtype": dtype}
     where = "directory" if local else "model"
     if local:
         _refuse_pickled_weights(Path(name_or_path))
     try:
         if local:
             tokenizer = _local_tokenizer(name_or_path, kwargs)
-            model = AutoModelForCausalLM.from_pretrained(name_or_path, use_safetensors=True, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(name_or_path, use_safetensors=True, **weights, **kwargs)
         else:
-            tokenizer, model = _load_from_hub(name_or_path, kwargs)
+            tokenizer, model = _load_from_hub(name_or_path, kwargs, weights)
     except UserError:
         raise
     except SafetensorError as exc:
@@ -206,6 +208,12 @@ def positions_of(model_config) -> int | None:
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
     return None
+
+
+def saved_config(name: str, trust_remote_code: bool = False):
+    """The model's config from disk (a directory or the hub cache), no weights; ``None`` when it is
+    not on disk or does not load (:func:`load_model` says why later)."""
+    return _config_and_tokenizer(name, trust_remote_code)[0]
 
 
 def _config_and_tokenizer(name: str, trust_remote_code: bool):
@@ -286,13 +294,13 @@ def _refuse_pickled_weights(directory: Path) -> None:
             f"M.from_pretrained('{directory}').save_pretrained('{directory}')\"")
 
 
-def _load_from_hub(name: str, kwargs: dict):
+def _load_from_hub(name: str, kwargs: dict, weights: dict):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:  # a model already in the local cache loads without the network
         return (
             AutoTokenizer.from_pretrained(name, local_files_only=True, **kwargs),
-            AutoModelForCausalLM.from_pretrained(name, local_files_only=True, use_safetensors=True, **kwargs),
+            AutoModelForCausalLM.from_pretrained(name, local_files_only=True, use_safetensors=True, **weights, **kwargs),
         )
     except OSError:
         pass
@@ -304,5 +312,5 @@ def _load_from_hub(name: str, kwargs: dict):
         )
     return (
         AutoTokenizer.from_pretrained(name, **kwargs),
-        AutoModelForCausalLM.from_pretrained(name, use_safetensors=True, **kwargs),
+        AutoModelForCausalLM.from_pretrained(name, use_safetensors=True, **weights, **kwargs),
     )

@@ -18,6 +18,7 @@ from rg_tracer.options import EVALUATION, INPUTS, MACHINE, RUN_DIR, SAMPLING, Ru
 __all__ = ["TrainConfig", "parse_betas", "format_floats"]
 
 STEPS, OPTIMIZER, OBJECTIVE, GROKKING = "Steps and batches", "Optimizer", "DAPO objective", "Grokking diagnostics"
+LORA = "LoRA adapters"
 
 
 WEIGHT_DECAY_KINDS = ("biases", "norms", "embeddings")
@@ -43,6 +44,15 @@ def format_floats(values) -> str:
     return ",".join(repr(float(v)) for v in values)
 
 
+def _parse_names(value) -> tuple[str, ...]:
+    parts = value if isinstance(value, (list, tuple)) else str(value or "").split(",")
+    return tuple(dict.fromkeys(p for p in (str(p).strip() for p in parts) if p))
+
+
+def _largest_divisor(n: int, at_most: int) -> int:
+    return max((d for d in range(1, min(n, at_most) + 1) if n % d == 0), default=1)
+
+
 def _parse_exclude(value) -> tuple[str, ...]:
     if isinstance(value, (list, tuple)):
         parts = [str(p).strip() for p in value]
@@ -66,6 +76,7 @@ class TrainConfig(RunOptions):
     sft_steps: int = opt(0, "Supervised warm-up: steps 1..N train on prompt -> answer+EOS (cross-entropy) before RL starts.", STEPS)
     sft_batch_size: int = opt(0, "Examples per supervised step (0: the whole training split, full batch).", STEPS)
     seed_per_prompt: bool = opt(False, "Seed each prompt's group from (seed, step, its place in the step's batch) and sample group by group: completions no longer depend on how many processes share the batch (torchrun), at one generate call per prompt.", SAMPLING)
+    micro_batch_size: int = opt(0, "Completions per forward/backward chunk (0: a process's whole batch at once). The update accumulates the chunks' gradients exactly (the same update as the full batch) at the cost of one extra forward without gradients; generation and the KL reference run in chunks of this many rows too. Must divide the completions a process holds (batch size x group size / processes).", STEPS)
     sft_eos_loss: bool = opt(True, "Include the EOS token in the supervised loss (mean over answer+EOS tokens); --no-sft-eos-loss trains on the answer tokens only.", STEPS)
     # -- optimizer -----------------------------------------------------------------------
     learning_rate: float = opt(1e-5, "AdamW learning rate.", OPTIMIZER)
@@ -87,6 +98,12 @@ class TrainConfig(RunOptions):
     kl_target: float | None = opt(None, "Adapt the KL weight towards this KL value (off when unset).", OBJECTIVE)
     kl_horizon: float = opt(1000.0, "Adaptive-KL horizon: larger moves the KL weight more slowly.", OBJECTIVE)
     entropy_coef: float = opt(0.0, "Weight of an entropy bonus on completion tokens (0: none, as in DAPO); keeps small models exploring.", OBJECTIVE)
+    # -- LoRA adapters -------------------------------------------------------------------
+    lora: bool = opt(False, "Train LoRA adapters (peft, the [lora] extra) instead of every weight; the KL reference is the base model with the adapters off, and checkpoints hold the adapter (merge one with `rg-tracer merge`).", LORA)
+    lora_r: int = opt(8, "LoRA rank r of each adapter.", LORA)
+    lora_alpha: float = opt(16.0, "LoRA scaling alpha: an adapter's update is scaled by alpha / r.", LORA)
+    lora_dropout: float = opt(0.0, "Dropout on the adapters' input in forward passes with gradients (sampling, the old log-probs, the KL reference and evaluation stay deterministic).", LORA)
+    lora_target_modules: str = opt("", "Comma-separated module names to adapt (peft's matching: a name's last component, e.g. q_proj,v_proj). Default: every linear projection of the attention and MLP blocks (peft's 'all-linear', the output layer left out).", LORA)
     # -- grokking diagnostics ------------------------------------------------------------
     grokfast_alpha: float = opt(0.98, "EMA decay of the slow gradient (GrokFast); also used for the slow/fast ratio diagnostic.", GROKKING)
     grokfast_lambda: float = opt(0.0, "Add lambda x slow gradient to each gradient before clipping (GrokFast; 0: off, paper: 2-5).", GROKKING)
@@ -97,16 +114,18 @@ class TrainConfig(RunOptions):
     resume: bool = opt(False, "Continue the run in --output-dir from its latest checkpoint; options that change the trajectory must equal the checkpoint's.", RUN_DIR)
     resume_with_changes: bool = opt(False, "With --resume: continue even though options that change the trajectory (seed, batch size, learning rate, ...) differ from the checkpoint's; the new values apply from the next step.", RUN_DIR)
 
-    SECTIONS: ClassVar[tuple[str, ...]] = (INPUTS, STEPS, OPTIMIZER, OBJECTIVE, SAMPLING, EVALUATION, GROKKING,
-                                           RUN_DIR, MACHINE)
+    SECTIONS: ClassVar[tuple[str, ...]] = (INPUTS, STEPS, OPTIMIZER, OBJECTIVE, LORA, SAMPLING, EVALUATION,
+                                           GROKKING, RUN_DIR, MACHINE)
     RESUME_MAY_DIFFER: ClassVar[tuple[str, ...]] = RunOptions.RESUME_MAY_DIFFER + (
         "max_steps", "save_every", "diag_every", "resume", "resume_with_changes", "keep_checkpoints", "skip_nonfinite",
     )
     # The restored AdamW keeps the checkpoint's betas and parameter groups: another value
     # would be ignored (betas) or could not load (groups).
-    RESUME_FIXED: ClassVar[tuple[str, ...]] = ("adam_betas", "weight_decay_exclude")
+    # LoRA's shape fixes which parameters AdamW holds state for.
+    RESUME_FIXED: ClassVar[tuple[str, ...]] = ("adam_betas", "weight_decay_exclude", "lora", "lora_r",
+                                               "lora_target_modules", "pure_dtype")
     MAY_BE_INFINITE: ClassVar[tuple[str, ...]] = ("max_grad_norm",)  # inf: no clipping
-    LIST_OPTIONS: ClassVar[tuple[str, ...]] = ("adam_betas", "weight_decay_exclude")
+    LIST_OPTIONS: ClassVar[tuple[str, ...]] = ("adam_betas", "weight_decay_exclude", "lora_target_modules")
 
     def rules(self) -> list[tuple[bool, str]]:
         return super().rules() + [
@@ -139,6 +158,19 @@ class TrainConfig(RunOptions):
             (self.diag_every >= 0, f"--diag-every {self.diag_every} must be >= 0"),
             (self.save_every >= 0, f"--save-every {self.save_every} must be >= 0"),
             (self.keep_checkpoints >= 0, f"--keep-checkpoints {self.keep_checkpoints} must be >= 0 (0: keep all)"),
+            (self.micro_batch_size >= 0, f"--micro-batch-size {self.micro_batch_size} must be >= 0 (0: the whole batch)"),
+            (not self.micro_batch_size or (self.batch_size * self.group_size) % self.micro_batch_size == 0,
+             f"--micro-batch-size {self.micro_batch_size} does not divide the {self.batch_size * self.group_size} "
+             f"completions of a step (--batch-size {self.batch_size} x --group-size {self.group_size}); use a divisor "
+             f"such as {_largest_divisor(self.batch_size * self.group_size, self.micro_batch_size)}"),
+            (self.dtype != "float16",
+             "--dtype float16: training in float16 needs a loss scaler, which rg-tracer has not (small fp16 "
+             "gradients underflow to 0); use --dtype bfloat16 (the same memory, float32's range) or float32"),
+            (self.lora_r >= 1, f"--lora-r {self.lora_r} must be >= 1 (the adapters' rank, e.g. 8)"),
+            (self.lora_alpha > 0, f"--lora-alpha {self.lora_alpha} must be > 0 (e.g. 16)"),
+            (0 <= self.lora_dropout < 1, f"--lora-dropout {self.lora_dropout} must be in [0, 1)"),
+            (self.lora or not self.lora_target_modules,
+             "--lora-target-modules only applies with --lora; add --lora"),
             (not (self.resume and self.overwrite), "--resume and --overwrite contradict each other; pass one"),
             (self.resume or not self.resume_with_changes, "--resume-with-changes only applies with --resume; add --resume"),
         ]
@@ -148,10 +180,16 @@ class TrainConfig(RunOptions):
         # Normalise the two list-valued options to their canonical strings (YAML may give lists).
         object.__setattr__(self, "adam_betas", format_floats(parse_betas(self.adam_betas)))
         object.__setattr__(self, "weight_decay_exclude", ",".join(_parse_exclude(self.weight_decay_exclude)))
+        object.__setattr__(self, "lora_target_modules", ",".join(_parse_names(self.lora_target_modules)))
 
     def evaluates_at(self, step: int, last: bool) -> bool:
         """The shared rule, plus the end of the supervised warm-up."""
         return super().evaluates_at(step, last) or (self.eval_every > 0 and step == self.sft_steps)
+
+    @property
+    def lora_targets(self) -> tuple[str, ...]:
+        """``--lora-target-modules`` as a tuple of names (empty: peft's 'all-linear')."""
+        return _parse_names(self.lora_target_modules)
 
     @property
     def betas(self) -> tuple[float, float]:

@@ -22,10 +22,11 @@ from typing import Any
 
 from rg_tracer.dapo.config import TrainConfig
 from rg_tracer.errors import UserError
-from rg_tracer.models import check_context, load_model
+from rg_tracer.models import check_context, load_model, saved_config
 from rg_tracer.runtime.checkpoint import (
     CheckpointError, check_checkpoint, checkpoints, load_extra_tensors, load_optimizer_state, remove_stale, set_aside,
 )
+from rg_tracer.runtime.precision import FLOAT32, Precision, resolve_precision
 from rg_tracer.runtime.run import RunInputs, choose_threads, claim_run_dir, load_inputs, release_run_dir
 from rg_tracer.schema import LOG_NAME
 
@@ -45,6 +46,7 @@ class PreparedRun(RunInputs):
     resumed_from_step: int | None = None  # None: a fresh run; 0: --resume found no checkpoint
     optimizer_state: dict | None = None  # on resume: AdamW's saved state (the trainer restores it and drops it)
     extra_tensors: dict | None = None  # on resume: extra.safetensors (the slow-gradient EMA)
+    precision: Precision = FLOAT32  # --dtype, --pure-dtype
 
 
 @dataclass
@@ -117,7 +119,7 @@ def _check_optimizer_state(state: dict, model, saved_config: dict, file: Path) -
                                       f"{idx}.{name} does not fit the model's parameter {idx} (corrupt)")
 
 
-def _load_checkpoint(checkpoint: Path, config: TrainConfig, device) -> _Resumable:
+def _load_checkpoint(checkpoint: Path, config: TrainConfig, device, precision: Precision) -> _Resumable:
     from gepa_dapo_grn.curriculum import TaskStats
 
     state = check_checkpoint(checkpoint)
@@ -125,7 +127,8 @@ def _load_checkpoint(checkpoint: Path, config: TrainConfig, device) -> _Resumabl
         for stats in state["curriculum"].values():
             TaskStats(**stats)
     with _loading(checkpoint):
-        model, tokenizer = load_model(str(checkpoint), trust_remote_code=config.trust_remote_code)
+        model, tokenizer = load_model(str(checkpoint), trust_remote_code=config.trust_remote_code,
+                                      dtype=precision.weights)
     with _loading(checkpoint / "optimizer.safetensors"):
         optimizer_state = load_optimizer_state(checkpoint, device)
     with _loading(checkpoint / "extra.safetensors"):
@@ -134,13 +137,13 @@ def _load_checkpoint(checkpoint: Path, config: TrainConfig, device) -> _Resumabl
     return _Resumable(checkpoint, state, model, tokenizer, optimizer_state, extra, bad=[])
 
 
-def _newest_good_checkpoint(run_dir: Path, config: TrainConfig, device) -> _Resumable | None:
+def _newest_good_checkpoint(run_dir: Path, config: TrainConfig, device, precision: Precision) -> _Resumable | None:
     """The newest checkpoint that checks and loads, with the newer bad ones (set aside later).
     ``None``: there is no checkpoint. All bad: a :class:`UserError` naming the newest's bad file."""
     bad = []
     for checkpoint in checkpoints(run_dir):
         try:
-            found = _load_checkpoint(checkpoint, config, device)
+            found = _load_checkpoint(checkpoint, config, device, precision)
         except CheckpointError as exc:
             bad.append((checkpoint, exc))
             continue
@@ -214,7 +217,10 @@ def _prepare(config: TrainConfig, run_dir: Path) -> PreparedRun:
     _check_world(config, inputs)
     if config.overlong_buffer and "overlong_penalty" not in inputs.mixer.weights:
         inputs.mixer.weights["overlong_penalty"] = 1.0  # DAPO adds the penalty to the reward as is
-    found = _newest_good_checkpoint(run_dir, config, inputs.device) if config.resume else None
+    # from the original --model's config: a checkpoint is saved in the weights' dtype
+    precision = resolve_precision(config.dtype, config.pure_dtype, saved_config(config.model, config.trust_remote_code),
+                                  config.model, trains=True)
+    found = _newest_good_checkpoint(run_dir, config, inputs.device, precision) if config.resume else None
     if found:
         saved = found.state.get("config") or {}
         _check_resume_model(config, saved, found.model)
@@ -227,12 +233,14 @@ def _prepare(config: TrainConfig, run_dir: Path) -> PreparedRun:
             )
         model, tokenizer = found.model, found.tokenizer
     else:
-        model, tokenizer = load_model(config.model, trust_remote_code=config.trust_remote_code)
+        model, tokenizer = load_model(config.model, trust_remote_code=config.trust_remote_code,
+                                      dtype=precision.weights)
     model.to(inputs.device)
     choose_threads(config, model, inputs.device)
     reference = None
     if found and config.kl_coef > 0:
-        reference, _ = load_model(config.model, trust_remote_code=config.trust_remote_code)
+        reference, _ = load_model(config.model, trust_remote_code=config.trust_remote_code,
+                                  dtype=precision.weights)
         reference.to(inputs.device)
     inputs.dist.barrier()  # every process has read the run directory before rank 0 changes it
     if inputs.dist.is_main:
@@ -251,4 +259,5 @@ def _prepare(config: TrainConfig, run_dir: Path) -> PreparedRun:
     return PreparedRun(**vars(inputs), config=config, model=model, tokenizer=tokenizer, run_dir=run_dir,
                        log_path=log_path, checkpoint=found and found.checkpoint,
                        resume_state=found and found.state, reference_model=reference, resumed_from_step=resumed_from,
-                       optimizer_state=found and found.optimizer_state, extra_tensors=found and found.extra_tensors)
+                       optimizer_state=found and found.optimizer_state, extra_tensors=found and found.extra_tensors,
+                       precision=precision)

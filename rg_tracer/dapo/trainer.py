@@ -74,7 +74,7 @@ class DAPOHybridTrainer(TrainerState, StepFailures):
         cfg = self.config = run.config
         self.run = run
         self.dist = run.dist
-        self.policy = HFPolicyAdapter(run.model, run.tokenizer, lean_sampler=cfg.lean_sampler)
+        self.policy = HFPolicyAdapter(run.model, run.tokenizer, lean_sampler=cfg.lean_sampler, precision=run.precision)
         self.policy.train_model = wrap_for_gradients(run.model, self.dist)
         adam = adamw(run.model, cfg.learning_rate, cfg.weight_decay, cfg.betas, cfg.no_decay)
         tracks_slow = cfg.grokfast_lambda > 0 or cfg.diag_every > 0
@@ -83,7 +83,8 @@ class DAPOHybridTrainer(TrainerState, StepFailures):
         self.optimizer = ClippingOptimizer(adam, cfg.max_grad_norm if cfg.clips_gradients else None,
                                            grad_filter=self.finite)
         # on resume the KL reference is the original model, not the checkpoint
-        reference = (HFPolicyAdapter(run.reference_model.requires_grad_(False), run.tokenizer)
+        reference = (HFPolicyAdapter(run.reference_model.requires_grad_(False), run.tokenizer,
+                                     precision=run.precision)
                      if run.reference_model is not None else None)
         self.dapo = dapo_trainer(self.policy, self.optimizer, cfg, run.mixer, reference)
         self.trackers = synchronise(self.dapo, self.dist)
@@ -236,7 +237,8 @@ class DAPOHybridTrainer(TrainerState, StepFailures):
     def fit(self) -> int:
         cfg, run = self.config, self.run
         start = self.step
-        self.logger.stage("run", **run_record(cfg.to_dict(), run.model, run, run.resumed_from_step))
+        self.logger.stage("run", **run_record(cfg.to_dict(), run.model, run, run.resumed_from_step,
+                                              precision=run.precision.describe()))
         bar = progress_bar(cfg.max_steps, "train", cfg.progress and self.dist.is_main, initial=start)
         try:
             with self.stop:

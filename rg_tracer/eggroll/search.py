@@ -41,11 +41,12 @@ from rg_tracer.eggroll.lowrank import Layer, Population, check_rank, es_update, 
 from rg_tracer.eggroll.members import MemberEval, answer, mix
 from rg_tracer.eggroll.shaping import shape_fitness
 from rg_tracer.errors import UserError
-from rg_tracer.models import check_context, load_model
+from rg_tracer.models import check_context, load_model, saved_config
 from rg_tracer.reward_mixer import check_overlap
 from rg_tracer.runtime.evaluation import evaluate_run
 from rg_tracer.runtime.log_writer import JsonlLogger
 from rg_tracer.runtime.policy_adapter import HFPolicyAdapter
+from rg_tracer.runtime.precision import FLOAT32, Precision, resolve_precision
 from rg_tracer.runtime.run import (
     PromptOrder, RunInputs, StopSignal, choose_threads, claim_run_dir, load_inputs, progress_bar, run_record,
 )
@@ -78,6 +79,7 @@ class EggrollRun(RunInputs):
     layers: list[Layer]
     run_dir: Path
     log_path: Path
+    precision: Precision = FLOAT32
 
 
 def prepare(config: EggrollConfig) -> EggrollRun:
@@ -90,7 +92,9 @@ def prepare(config: EggrollConfig) -> EggrollRun:
     if config.population % (w * pair):
         raise UserError(f"--population {config.population} does not split among {w} processes in whole "
                         f"{'antithetic pairs' if pair == 2 else 'members'}: use a multiple of {w * pair}")
-    model, tokenizer = load_model(config.model, trust_remote_code=config.trust_remote_code)
+    precision = resolve_precision(config.dtype, config.pure_dtype, saved_config(config.model, config.trust_remote_code),
+                                  config.model, trains=False)
+    model, tokenizer = load_model(config.model, trust_remote_code=config.trust_remote_code, dtype=precision.weights)
     model.to(inputs.device).eval().requires_grad_(False)
     choose_threads(config, model, inputs.device)
     layers = find_layers(model)
@@ -101,13 +105,14 @@ def prepare(config: EggrollConfig) -> EggrollRun:
         shutil.rmtree(run_dir / MODEL_DIR, ignore_errors=True)
     inputs.dist.barrier()  # every process has checked the run directory before rank 0 writes to it
     return EggrollRun(**vars(inputs), config=config, model=model, tokenizer=tokenizer, layers=layers,
-                      run_dir=run_dir, log_path=log_path)
+                      run_dir=run_dir, log_path=log_path, precision=precision)
 
 
 class EggrollSearch:
     def __init__(self, run: EggrollRun) -> None:
         self.run, self.config = run, run.config
-        self.policy = HFPolicyAdapter(run.model, run.tokenizer, lean_sampler=run.config.lean_sampler)
+        self.policy = HFPolicyAdapter(run.model, run.tokenizer, lean_sampler=run.config.lean_sampler,
+                                      precision=run.precision)
         self.dist = run.dist
         self.logger = JsonlLogger(run.log_path, enabled=self.dist.is_main)
         self.generation = 0
@@ -195,7 +200,8 @@ class EggrollSearch:
     def fit(self) -> int:
         cfg, run = self.config, self.run
         self.logger.stage("run", **run_record(
-            {**cfg.to_dict(), "method": "eggroll"}, run.model, run, None, perturbed_layers=len(run.layers),
+            {**cfg.to_dict(), "method": "eggroll"}, run.model, run, None, precision=run.precision.describe(),
+            perturbed_layers=len(run.layers),
             perturbed_parameters=sum(layer.out_features * layer.in_features for layer in run.layers)))
         bar = progress_bar(cfg.generations, "eggroll", cfg.progress and self.dist.is_main)
         try:

@@ -13,6 +13,9 @@ How it departs from upstream's ``integration.hf_lm`` (which crashes on step 1):
 4. The wrapped model stays in eval mode even when the trainer calls ``train()``:
    dropout would make the ratio differ from 1 by noise. Gradients still flow.
 5. ``clone()`` returns a frozen, eval-mode copy for the KL reference.
+6. Every forward (training, sampling, evaluation, the KL reference) runs under the run's
+   :class:`~rg_tracer.runtime.precision.Precision` (``--dtype``): autocast in half precision
+   over float32 weights, or nothing.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch.nn.functional as F
 from gepa_dapo_grn.policy_interfaces import Policy, PolicyOutput
 
 from rg_tracer.runtime.decode import cached_decode, supports_cached_decode
+from rg_tracer.runtime.precision import FLOAT32, Precision
 
 __all__ = ["HFPolicyAdapter", "Rollout"]
 
@@ -70,8 +74,10 @@ class Rollout:
 
 
 class HFPolicyAdapter(Policy):
-    def __init__(self, model: torch.nn.Module, tokenizer, lean_sampler: bool = True) -> None:
+    def __init__(self, model: torch.nn.Module, tokenizer, lean_sampler: bool = True,
+                 precision: Precision = FLOAT32) -> None:
         super().__init__()
+        self.precision = precision
         self.model = model
         # the module gradient forwards go through: the model, or its DistributedDataParallel
         # wrapper under torchrun (sampling, evaluation, clone() and saving use the bare model)
@@ -98,7 +104,7 @@ class HFPolicyAdapter(Policy):
 
     def clone(self) -> "HFPolicyAdapter":
         ref = copy.deepcopy(self.model).eval().requires_grad_(False)
-        return HFPolicyAdapter(ref, self.tokenizer, self.lean_sampler)
+        return HFPolicyAdapter(ref, self.tokenizer, self.lean_sampler, self.precision)
 
     def logprobs(self, actions: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
         """Mean completion-token log-prob per sequence, (N,), from raw logits.
@@ -119,8 +125,12 @@ class HFPolicyAdapter(Policy):
         batch are ``logp.detach()``, and an entropy bonus can ride in ``extra_loss``.
         """
         logp, entropy = self.logprobs_with_entropy(actions, **inputs)
-        self._primed = (actions, logp)
+        self.prime(actions, logp)
         return logp, entropy
+
+    def prime(self, actions: torch.Tensor, logp: torch.Tensor) -> None:
+        """Make the next ``logprobs`` call with these ``actions`` (and gradients on) return ``logp``."""
+        self._primed = (actions, logp)
 
     def logprobs_with_entropy(self, actions: torch.Tensor, **inputs: torch.Tensor):
         """``(logp, entropy)`` with gradients (through :attr:`train_model`); records the entropy
@@ -135,10 +145,11 @@ class HFPolicyAdapter(Policy):
         c = actions.shape[1]
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         kwargs = {"logits_to_keep": c + 1} if self._keep_logits else {}
-        logits = model(
-            input_ids=input_ids, attention_mask=attention_mask,
-            position_ids=position_ids, use_cache=False, **kwargs,
-        ).logits
+        with self.precision.context(input_ids.device):
+            logits = model(
+                input_ids=input_ids, attention_mask=attention_mask,
+                position_ids=position_ids, use_cache=False, **kwargs,
+            ).logits
         logits = logits[:, -(c + 1):-1].float()  # (N, C, V): position t predicts token t+1
         logp_all = F.log_softmax(logits, dim=-1)
         token_logp = logp_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)  # (N, C)
@@ -161,16 +172,18 @@ class HFPolicyAdapter(Policy):
         prompt_ids = enc["input_ids"].to(self.device).repeat_interleave(group_size, dim=0)
         prompt_mask = enc["attention_mask"].to(self.device).repeat_interleave(group_size, dim=0)
         if self._cached_decode:
-            actions = cached_decode(self.model, prompt_ids, prompt_mask, max_new_tokens, tok.eos_token_id,
-                                    tok.pad_token_id, temperature, greedy)
+            with self.precision.context(self.device):
+                actions = cached_decode(self.model, prompt_ids, prompt_mask, max_new_tokens, tok.eos_token_id,
+                                        tok.pad_token_id, temperature, greedy)
             return self._rollout(prompt_ids, prompt_mask, actions)
         sampling = {"do_sample": False} if greedy else {
             "do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0,
         }
-        sequences = self.model.generate(
-            input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=max_new_tokens,
-            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **sampling,
-        )
+        with self.precision.context(self.device):
+            sequences = self.model.generate(
+                input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=max_new_tokens,
+                pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **sampling,
+            )
         return self._rollout(prompt_ids, prompt_mask, sequences[:, prompt_ids.shape[1]:])
 
     @torch.no_grad()
