@@ -52,6 +52,14 @@ def _combine(name: str, values: list):
     return sum(values) / len(values)
 
 
+def _timing(name: str, values: list):
+    """A timing field over ranks: throughput adds up; seconds and memory peaks take the slowest
+    or largest rank; a rank that could not measure makes it null."""
+    if any(v is None for v in values):
+        return None
+    return sum(values) if name == "tokens_per_s" else max(values)
+
+
 def merge_step(dist, mixer, group_size: int, payload: dict) -> dict:
     """The whole step's ``payload`` (``gepa``, ``generation``, ``rl``, ``timing``) on rank 0;
     this rank's own elsewhere (it writes nothing). Unchanged in one process."""
@@ -67,5 +75,5 @@ def merge_step(dist, mixer, group_size: int, payload: dict) -> dict:
     norms = [p["rl"]["grad_norm"] for p in parts]
     rl["dist/world_size"] = dist.world_size
     rl["dist/grad_norm_spread"] = max(norms) - min(norms)
-    timing = {k: max(p["timing"].get(k, 0.0) for p in parts) for k in parts[0]["timing"]}
+    timing = {k: _timing(k, [p["timing"].get(k) for p in parts]) for k in parts[0]["timing"]}
     return {"gepa": gepa, "generation": generation, "rl": rl, "timing": timing}

@@ -61,6 +61,7 @@ from rg_tracer.runtime.checkpoint import disk_full
 from rg_tracer.runtime.evaluation import evaluate_run
 from rg_tracer.runtime.log_writer import JsonlLogger, drop_torn_tail
 from rg_tracer.runtime.policy_adapter import HFPolicyAdapter
+from rg_tracer.runtime.resources import step_resources
 from rg_tracer.schema import end_record, step_record
 from rg_tracer.runtime.run import (
     SALT_SFT_BATCH, StopSignal, mix_seed, progress_bar, release_run_dir, run_record,
@@ -130,7 +131,8 @@ class DAPOHybridTrainer(TrainerState, StepFailures):
         t2 = time.perf_counter()
         payload = merge_step(self.dist, self.run.mixer, g, {
             "gepa": gepa, "generation": generation, "rl": rl,
-            "timing": {"sample_and_score": t1 - t0, "train": t2 - t1}})
+            "timing": {"sample_and_score": t1 - t0, "train": t2 - t1,
+                       **step_resources(self.policy.device, sum(batch.rollout.completion_tokens), t1 - t0)}})
         if self.dist.active:  # the log's gather to rank 0 (the gradient all-reduce is inside "train")
             payload["timing"]["gather"] = time.perf_counter() - t2
         record = self.logger.write("step", **step_record(

@@ -179,13 +179,14 @@ def _hook(a: torch.Tensor, b: torch.Tensor, signs: torch.Tensor, members: int):
                 f"{type(module).__name__} got a batch of {x.shape[0]} rows, not a multiple of the "
                 f"{members} perturbed members; stack inputs member-major (tile_members)"
             )
-        xk = x.reshape(draws, -1, x.shape[-1])  # (K, G·R·T, n): a draw's members are adjacent
-        z = torch.bmm(xk, b.to(x.dtype))  # (K, G·R·T, r)
-        z = (z.view(draws, group, -1, z.shape[-1]) * signs.to(x.dtype).view(1, group, 1, 1)).view_as(z)
+        dt = output.dtype  # x's own, or autocast's (--dtype) when the layer ran under it
+        xk = x.reshape(draws, -1, x.shape[-1]).to(dt)  # (K, G·R·T, n): a draw's members are adjacent
+        z = torch.bmm(xk, b.to(dt))  # (K, G·R·T, r)
+        z = (z.view(draws, group, -1, z.shape[-1]) * signs.to(dt).view(1, group, 1, 1)).view_as(z)
         if output.is_contiguous():  # in place: no second (K·G·R·T, m) tensor (a quarter of the time on CPU)
-            output.view(draws, -1, output.shape[-1]).baddbmm_(z, a_t.to(x.dtype))  # (K, G·R·T, m) += z Aᵀ
+            output.view(draws, -1, output.shape[-1]).baddbmm_(z, a_t.to(dt))  # (K, G·R·T, m) += z Aᵀ
             return output
-        return torch.baddbmm(output.reshape(draws, -1, output.shape[-1]), z, a_t.to(x.dtype)).view(output.shape)
+        return torch.baddbmm(output.reshape(draws, -1, output.shape[-1]), z, a_t.to(dt)).view(output.shape)
 
     return hook
 

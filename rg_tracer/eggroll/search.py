@@ -46,6 +46,7 @@ from rg_tracer.reward_mixer import check_overlap
 from rg_tracer.runtime.evaluation import evaluate_run
 from rg_tracer.runtime.log_writer import JsonlLogger
 from rg_tracer.runtime.policy_adapter import HFPolicyAdapter
+from rg_tracer.runtime.resources import step_resources
 from rg_tracer.runtime.precision import FLOAT32, Precision, resolve_precision
 from rg_tracer.runtime.run import (
     PromptOrder, RunInputs, StopSignal, choose_threads, claim_run_dir, load_inputs, progress_bar, run_record,
@@ -138,7 +139,9 @@ class EggrollSearch:
         raw, shaped, norm = es_step(run.layers, population, lambda _: ev.fitness, lr=cfg.lr, shaping=cfg.shaping)
         self._check_weights(generation)
         t2 = time.perf_counter()
-        record = self._log(generation, ev, raw, shaped, norm, {"generate": t1 - t0, "train": t2 - t1})
+        record = self._log(generation, ev, raw, shaped, norm, {
+            "generate": t1 - t0, "train": t2 - t1,
+            **step_resources(self.policy.device, int(sum(ev.completion_tokens)), t1 - t0)})
         self.generation = generation
         return record
 

@@ -36,8 +36,11 @@ def supports_cached_decode(model) -> bool:
 
 def cached_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
                   eos_token_id: int, pad_token_id: int, temperature: float = 1.0,
-                  greedy: bool = False) -> torch.Tensor:
-    """Completion tokens, (N, n) with n <= ``max_new_tokens``; ``pad_token_id`` after EOS."""
+                  greedy: bool = False, token_logprobs: list | None = None) -> torch.Tensor:
+    """Completion tokens, (N, n) with n <= ``max_new_tokens``; ``pad_token_id`` after EOS.
+    ``token_logprobs``, when given a list, receives each position's (N,) log-probability of the
+    drawn token under the distribution it was drawn from (what a sampler-side importance ratio
+    or a check against the training forward needs)."""
     from transformers import DynamicCache
 
     cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
@@ -61,11 +64,13 @@ def cached_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
             logits = logits.float()
             if t < min_new:
                 logits[:, eos_token_id] = float("-inf")
+            scaled = logits if greedy or temperature == 1.0 else logits / temperature  # x / 1.0 == x exactly
             if greedy:
                 nxt = logits.argmax(-1)
             else:
-                scaled = logits if temperature == 1.0 else logits / temperature  # x / 1.0 == x exactly
                 nxt = torch.multinomial(torch.softmax(scaled, -1), 1).squeeze(1)
+            if token_logprobs is not None:
+                token_logprobs.append(torch.log_softmax(scaled, -1).gather(1, nxt[:, None]).squeeze(1))
             nxt = nxt.masked_fill(done, pad_token_id)
             tokens[:, t] = nxt
             n = t + 1
