@@ -17,6 +17,7 @@ from rg_tracer.cli.common import user_errors
 from rg_tracer.cli.eggroll import eggroll_command, fitness
 from rg_tracer.cli.export import export_group
 from rg_tracer.cli.inputs import data_command, init_model_command
+from rg_tracer.cli.merge import merge_command
 from rg_tracer.cli.train import train_command
 
 __all__ = ["main", "cli", "user_errors"]
@@ -29,7 +30,7 @@ def cli() -> None:
 
 
 for _command in (train_command, eggroll_command, init_model_command, data_command, ingest_command,
-                 analyze_command, fitness, export_group):
+                 analyze_command, fitness, export_group, merge_command):
     cli.add_command(_command)
 
 

@@ -76,7 +76,7 @@ class TrainConfig(RunOptions):
     sft_steps: int = opt(0, "Supervised warm-up: steps 1..N train on prompt -> answer+EOS (cross-entropy) before RL starts.", STEPS)
     sft_batch_size: int = opt(0, "Examples per supervised step (0: the whole training split, full batch).", STEPS)
     seed_per_prompt: bool = opt(False, "Seed each prompt's group from (seed, step, its place in the step's batch) and sample group by group: completions no longer depend on how many processes share the batch (torchrun), at one generate call per prompt.", SAMPLING)
-    micro_batch_size: int = opt(0, "Completions per forward/backward chunk (0: a process's whole batch at once). The update accumulates the chunks' gradients exactly (the same update as the full batch) at the cost of one extra forward without gradients; generation and the KL reference run in chunks of this many rows too. Must divide the completions a process holds (batch size x group size / processes).", STEPS)
+    micro_batch_size: int = opt(0, "Completions per forward/backward chunk (0: a process's whole batch at once). The update accumulates the chunks' gradients exactly (the same update as the full batch) at the cost of one extra forward without gradients; generation and the KL reference run in chunks of this many rows too, so sampled completions differ from an unchunked run's (the random stream is drawn chunk by chunk; greedy ones are the same) and the option changes a run's trajectory. Must divide the completions a process holds (batch size x group size / processes).", STEPS)
     sft_eos_loss: bool = opt(True, "Include the EOS token in the supervised loss (mean over answer+EOS tokens); --no-sft-eos-loss trains on the answer tokens only.", STEPS)
     # -- optimizer -----------------------------------------------------------------------
     learning_rate: float = opt(1e-5, "AdamW learning rate.", OPTIMIZER)
@@ -102,7 +102,7 @@ class TrainConfig(RunOptions):
     lora: bool = opt(False, "Train LoRA adapters (peft, the [lora] extra) instead of every weight; the KL reference is the base model with the adapters off, and checkpoints hold the adapter (merge one with `rg-tracer merge`).", LORA)
     lora_r: int = opt(8, "LoRA rank r of each adapter.", LORA)
     lora_alpha: float = opt(16.0, "LoRA scaling alpha: an adapter's update is scaled by alpha / r.", LORA)
-    lora_dropout: float = opt(0.0, "Dropout on the adapters' input in forward passes with gradients (sampling, the old log-probs, the KL reference and evaluation stay deterministic).", LORA)
+    lora_dropout: float = opt(0.0, "Dropout on the adapters' input in the training forward (with --updates-per-batch > 1 the old log-probs come from the first update's forward, so they see it too); sampling, the KL reference and evaluation stay deterministic.", LORA)
     lora_target_modules: str = opt("", "Comma-separated module names to adapt (peft's matching: a name's last component, e.g. q_proj,v_proj). Default: every linear projection of the attention and MLP blocks (peft's 'all-linear', the output layer left out).", LORA)
     # -- grokking diagnostics ------------------------------------------------------------
     grokfast_alpha: float = opt(0.98, "EMA decay of the slow gradient (GrokFast); also used for the slow/fast ratio diagnostic.", GROKKING)

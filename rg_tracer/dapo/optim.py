@@ -5,7 +5,9 @@
 pre-clip norm is still visible; the trainer only ever calls ``zero_grad`` and ``step``.
 ``max_grad_norm=None`` measures the norm and leaves the gradients as they are. The norm is
 computed once per step: a ``grad_filter`` is handed it, and only a filter that changes the
-gradients (GrokFast) makes the clip measure them again.
+gradients (GrokFast) makes the clip measure them again. A one-shot ``pre_step`` hook runs
+first: with ``--micro-batch-size`` it is where the parameters' gradients are computed, chunk
+by chunk (:mod:`rg_tracer.dapo.micro_batch`).
 
 :func:`adamw` builds the AdamW underneath, with :func:`parameter_groups` for
 ``--weight-decay-exclude``.
@@ -24,6 +26,9 @@ class ClippingOptimizer:
         self.max_grad_norm = max_grad_norm
         # grad_filter(params, raw_norm) -> whether it changed the gradients; called before clipping
         self.grad_filter = grad_filter
+        # pre_step() runs once at the start of the next step(), before the norm is measured, and is
+        # then cleared: --micro-batch-size's gradient pass (rg_tracer.dapo.micro_batch) arms it
+        self.pre_step = None
         self.last_grad_norm: float = float("nan")
 
     @property
@@ -34,6 +39,9 @@ class ClippingOptimizer:
         self.optimizer.zero_grad(set_to_none=set_to_none)
 
     def step(self) -> None:
+        hook, self.pre_step = self.pre_step, None
+        if hook is not None:
+            hook()  # fills the parameters' gradients (upstream's backward reached only leaf tensors)
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         grads = [p.grad for p in params if p.grad is not None]
         norm = torch.nn.utils.get_total_norm(grads) if grads else torch.tensor(0.0)
@@ -59,9 +67,12 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float, exclude: tuple
     """AdamW parameter groups: one decayed group, plus a ``weight_decay=0`` group of the
     ``exclude`` kinds (``biases``: parameters named ``*.bias``; ``norms``: parameters of
     LayerNorm/RMSNorm modules; ``embeddings``: ``nn.Embedding`` weights, a tied output
-    layer included). Without ``exclude`` a single group, as before the option existed."""
+    layer included). Without ``exclude`` a single group, as before the option existed.
+    Only parameters that require gradients are listed: with ``--lora`` the adapters, so the
+    frozen base weights get no AdamW state (with full fine-tuning, every parameter)."""
+    params = [p for p in model.parameters() if p.requires_grad]  # each shared (tied) tensor once
     if not exclude:
-        return [{"params": list(model.parameters()), "weight_decay": weight_decay}]
+        return [{"params": params, "weight_decay": weight_decay}]
     skip: set[int] = set()
     for module_name, module in model.named_modules():
         own = list(module.named_parameters(recurse=False))
@@ -71,7 +82,6 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float, exclude: tuple
             skip.update(id(p) for _, p in own)
         if "biases" in exclude:
             skip.update(id(p) for name, p in own if name == "bias")
-    params = list(model.parameters())  # each shared (tied) tensor once
     return [{"params": [p for p in params if id(p) not in skip], "weight_decay": weight_decay},
             {"params": [p for p in params if id(p) in skip], "weight_decay": 0.0}]
 

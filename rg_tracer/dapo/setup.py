@@ -2,7 +2,8 @@
 
 ``prepare_run`` takes the run directory's lock, then turns a :class:`TrainConfig` into the
 shared inputs (:func:`rg_tracer.runtime.run.load_inputs`), the model (on ``--resume`` the
-newest checkpoint that checks and loads, with the original as the KL reference) and the
+newest checkpoint that checks and loads, with the original as the KL reference; with ``--lora``
+the base ``--model`` with adapters, fresh or the checkpoint's, :mod:`rg_tracer.runtime.lora`) and the
 output paths, raising :class:`UserError` for every user mistake first, so that a bad option
 never leaves a half-written run directory behind. Only then does it change the directory:
 ``--overwrite`` removes what the run owns (a symlink itself, never what it points to), a bad
@@ -47,6 +48,7 @@ class PreparedRun(RunInputs):
     optimizer_state: dict | None = None  # on resume: AdamW's saved state (the trainer restores it and drops it)
     extra_tensors: dict | None = None  # on resume: extra.safetensors (the slow-gradient EMA)
     precision: Precision = FLOAT32  # --dtype, --pure-dtype
+    peft_model: Any = None  # --lora: the peft model around ``model`` (the base with LoRA layers injected)
 
 
 @dataclass
@@ -68,6 +70,12 @@ def _check_world(config: TrainConfig, inputs: RunInputs) -> None:
     if w > 1 and config.batch_size % w:
         raise UserError(f"--batch-size {config.batch_size} does not divide among {w} processes: each takes whole "
                         f"groups of --group-size completions; use a multiple of {w}")
+    rows = config.batch_size * config.group_size // w  # the completions each process holds
+    if w > 1 and config.micro_batch_size and rows % config.micro_batch_size:
+        fits = max(d for d in range(1, min(rows, config.micro_batch_size) + 1) if rows % d == 0)
+        raise UserError(f"--micro-batch-size {config.micro_batch_size} does not divide the {rows} completions each of "
+                        f"{w} processes holds (--batch-size {config.batch_size} x --group-size {config.group_size} / "
+                        f"{w}); use a divisor of {rows}, such as {fits}")
     if w > 1 and inputs.mixer.normalize:
         raise UserError(f"--reward-mixer {config.reward_mixer}: 'normalize: true' z-scores each axis over the batch a "
                         "process sees, so under torchrun the rewards would depend on the number of processes; "
@@ -119,6 +127,42 @@ def _check_optimizer_state(state: dict, model, saved_config: dict, file: Path) -
                                       f"{idx}.{name} does not fit the model's parameter {idx} (corrupt)")
 
 
+def _check_lora_resume(config: TrainConfig, saved: dict, checkpoint: Path) -> None:
+    """A checkpoint holds an adapter exactly when its run trained with ``--lora``; resuming it the
+    other way is refused before it is loaded (it would not load, and it is not corrupt). The
+    adapter's other fixed options are checked here too, before the adapter is built with them."""
+    if bool(saved.get("lora")) == config.lora:
+        if config.lora:
+            config.check_resume(saved, allow_changes=config.resume_with_changes)
+        return
+    if config.lora:
+        raise UserError(f"--resume --lora: {checkpoint} holds full weights (the run trained without --lora), not an "
+                        "adapter; resume without --lora, or start the LoRA run in a new --output-dir (or --overwrite)")
+    raise UserError(f"--resume: {checkpoint} holds a LoRA adapter (the run trained with --lora --lora-r "
+                    f"{saved.get('lora_r')}); add --lora (its --lora-r and --lora-target-modules as saved), or start a "
+                    "full fine-tuning run in a new --output-dir (or --overwrite)")
+
+
+def _load_adapter_checkpoint(checkpoint: Path, config: TrainConfig, precision: Precision, saved: dict):
+    """The base --model (in :func:`~rg_tracer.runtime.lora.base_dtype`) with the checkpoint's adapter
+    on it, and the tokenizer. An adapter that does not fit --model is the user's --model, not a
+    corrupt checkpoint: a :class:`UserError`."""
+    from rg_tracer.runtime.lora import AdapterMismatch, base_dtype, load_adapters, require_peft
+
+    require_peft()
+    base, tokenizer = load_model(config.model, trust_remote_code=config.trust_remote_code,
+                                 dtype=base_dtype(precision))
+    mismatch = None
+    with _loading(checkpoint / "adapter_model.safetensors"):
+        try:
+            return load_adapters(base, checkpoint, config, precision), tokenizer
+        except AdapterMismatch as exc:
+            mismatch = exc
+    then = saved.get("model")
+    fix = f"resume with --model {then}" if then and then != config.model else "resume with the run's --model"
+    raise UserError(f"--resume: the adapter in {checkpoint} does not fit --model {config.model} ({mismatch}); {fix}")
+
+
 def _load_checkpoint(checkpoint: Path, config: TrainConfig, device, precision: Precision) -> _Resumable:
     from gepa_dapo_grn.curriculum import TaskStats
 
@@ -126,9 +170,14 @@ def _load_checkpoint(checkpoint: Path, config: TrainConfig, device, precision: P
     with _loading(checkpoint / "trainer_state.json"):  # what the trainer rebuilds from it
         for stats in state["curriculum"].values():
             TaskStats(**stats)
-    with _loading(checkpoint):
-        model, tokenizer = load_model(str(checkpoint), trust_remote_code=config.trust_remote_code,
-                                      dtype=precision.weights)
+    saved = state.get("config") or {}
+    _check_lora_resume(config, saved, checkpoint)
+    if config.lora:  # the base --model, then the adapter: the checkpoint holds no other weights
+        model, tokenizer = _load_adapter_checkpoint(checkpoint, config, precision, saved)
+    else:
+        with _loading(checkpoint):
+            model, tokenizer = load_model(str(checkpoint), trust_remote_code=config.trust_remote_code,
+                                          dtype=precision.weights)
     with _loading(checkpoint / "optimizer.safetensors"):
         optimizer_state = load_optimizer_state(checkpoint, device)
     with _loading(checkpoint / "extra.safetensors"):
@@ -223,7 +272,8 @@ def _prepare(config: TrainConfig, run_dir: Path) -> PreparedRun:
     found = _newest_good_checkpoint(run_dir, config, inputs.device, precision) if config.resume else None
     if found:
         saved = found.state.get("config") or {}
-        _check_resume_model(config, saved, found.model)
+        if not config.lora:  # with --lora the adapter was loaded onto --model itself: it fits
+            _check_resume_model(config, saved, found.model)
         config.check_resume(saved, allow_changes=config.resume_with_changes)
         _check_resume_world(config, found.state, inputs.dist.world_size)
         if found.state["step"] > config.max_steps:  # at max_steps: the run only lacks its end record
@@ -232,13 +282,22 @@ def _prepare(config: TrainConfig, run_dir: Path) -> PreparedRun:
                 f"{config.max_steps}; raise --max-steps to train further"
             )
         model, tokenizer = found.model, found.tokenizer
+    elif config.lora:  # the frozen base in the compute dtype (rg_tracer.runtime.lora, item 3)
+        from rg_tracer.runtime.lora import add_adapters, base_dtype
+
+        model, tokenizer = load_model(config.model, trust_remote_code=config.trust_remote_code,
+                                      dtype=base_dtype(precision))
+        model = add_adapters(model, config, precision)  # bad --lora-target-modules: refused here, nothing written
     else:
         model, tokenizer = load_model(config.model, trust_remote_code=config.trust_remote_code,
                                       dtype=precision.weights)
+    peft_model = model if config.lora else None
+    if peft_model is not None:
+        model = peft_model.get_base_model()  # what trains and samples: the HF model with LoRA layers
     model.to(inputs.device)
     choose_threads(config, model, inputs.device)
     reference = None
-    if found and config.kl_coef > 0:
+    if found and config.kl_coef > 0 and not config.lora:  # --lora: the base with the adapters off
         reference, _ = load_model(config.model, trust_remote_code=config.trust_remote_code,
                                   dtype=precision.weights)
         reference.to(inputs.device)
@@ -260,4 +319,4 @@ def _prepare(config: TrainConfig, run_dir: Path) -> PreparedRun:
                        log_path=log_path, checkpoint=found and found.checkpoint,
                        resume_state=found and found.state, reference_model=reference, resumed_from_step=resumed_from,
                        optimizer_state=found and found.optimizer_state, extra_tensors=found and found.extra_tensors,
-                       precision=precision)
+                       precision=precision, peft_model=peft_model)

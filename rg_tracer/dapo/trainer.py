@@ -12,7 +12,9 @@ How it departs from a textbook DAPO/GRPO loop, because of the upstream ``DAPOTra
    reference forward without KL, a KL reported without a reference) are worked around in
    :mod:`rg_tracer.dapo.upstream`; gradients are clipped by :class:`ClippingOptimizer`.
 4. One forward with gradients per update: the policy adapter primes the tensor that
-   upstream's ``train_step`` asks for.
+   upstream's ``train_step`` asks for. With ``--micro-batch-size`` the update runs in chunks
+   with the whole batch's gradient, by gradient caching (:mod:`rg_tracer.dapo.micro_batch`):
+   one extra forward without gradients.
 5. Each step's prompts and sampling seeds derive from ``(seed, step)``
    (:func:`rg_tracer.runtime.run.mix_seed`), so ``--resume`` continues exactly where an
    uninterrupted run would be.
@@ -34,6 +36,7 @@ that save and restore its checkpoint state in :mod:`rg_tracer.dapo.trainer_state
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import random
 import sys
@@ -44,6 +47,7 @@ from gepa_dapo_grn.dapo_core import DAPOBatch
 
 from rg_tracer.dapo.config import TrainConfig
 from rg_tracer.dapo.diagnostics import SlowGradient, weight_norms
+from rg_tracer.dapo.micro_batch import GradientCache, sft_backward, use_micro_batch
 from rg_tracer.dapo.objective import (
     clip_fraction, group_advantages, loss_correction, mixed_rewards,
 )
@@ -60,6 +64,7 @@ from rg_tracer.runtime.distributed import wrap_for_gradients
 from rg_tracer.runtime.checkpoint import disk_full
 from rg_tracer.runtime.evaluation import evaluate_run
 from rg_tracer.runtime.log_writer import JsonlLogger, drop_torn_tail
+from rg_tracer.runtime.lora import AdapterOffReference, describe as describe_lora
 from rg_tracer.runtime.policy_adapter import HFPolicyAdapter
 from rg_tracer.runtime.resources import step_resources
 from rg_tracer.schema import end_record, step_record
@@ -83,11 +88,15 @@ class DAPOHybridTrainer(TrainerState, StepFailures):
         self.finite = _FiniteGradients(then=self.slow_gradient)
         self.optimizer = ClippingOptimizer(adam, cfg.max_grad_norm if cfg.clips_gradients else None,
                                            grad_filter=self.finite)
-        # on resume the KL reference is the original model, not the checkpoint
+        # on resume the KL reference is the original model, not the checkpoint; with --lora it is
+        # the base model, i.e. this one with the adapters off (no copy)
         reference = (HFPolicyAdapter(run.reference_model.requires_grad_(False), run.tokenizer,
                                      precision=run.precision)
                      if run.reference_model is not None else None)
+        if run.peft_model is not None and cfg.kl_coef > 0:
+            reference = AdapterOffReference(run.peft_model, run.tokenizer, precision=run.precision)
         self.dapo = dapo_trainer(self.policy, self.optimizer, cfg, run.mixer, reference)
+        use_micro_batch(cfg.micro_batch_size, self.policy, self.dapo.ref_policy)  # chunked sampling, no-grad forwards
         self.trackers = synchronise(self.dapo, self.dist)
         if run.resumed_from_step is not None and self.dist.is_main:
             torn = drop_torn_tail(run.log_path)
@@ -160,12 +169,16 @@ class DAPOHybridTrainer(TrainerState, StepFailures):
             if self._sft_full_batch is None:
                 self._sft_full_batch = self._sft_rollout(sft_share(self.dist, examples))
             rollout = self._sft_full_batch
-        logp, _ = self.policy.logprobs_with_entropy(rollout.actions, **rollout.inputs)
-        loss = -logp.mean()
         self.optimizer.zero_grad()
-        loss.backward()
+        if self.config.micro_batch_size:  # the same gradient, accumulated over chunks of rows
+            loss = sft_backward(self.policy, rollout, self.config.micro_batch_size)
+        else:
+            logp, _ = self.policy.logprobs_with_entropy(rollout.actions, **rollout.inputs)
+            loss = -logp.mean()
+            loss.backward()
+            loss = loss.item()
         self.optimizer.step()
-        rl = {"loss": loss.item(), "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": self.optimizer.last_grad_norm,
+        rl = {"loss": loss, "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": self.optimizer.last_grad_norm,
               "entropy": self.policy.last_entropy, "sft/examples": len(examples), **self._diagnostics(step)}
         payload = merge_step(self.dist, self.run.mixer, self.config.group_size,
                              {"gepa": [], "generation": [], "rl": rl, "timing": {"train": time.perf_counter() - t0}})
@@ -192,7 +205,10 @@ class DAPOHybridTrainer(TrainerState, StepFailures):
         for _ in range(cfg.updates_per_batch):
             if self.trackers:  # upstream's trackers see the whole step, in global order, as in one process
                 self.trackers.update(everyone)
-            logp, entropy = self.policy.score_for_update(rollout.actions, **rollout.inputs)
+            # --micro-batch-size: leaves from a no-grad pass in chunks; the gradient pass runs in optimizer.step()
+            cache = GradientCache(self.policy, cfg.micro_batch_size) if cfg.micro_batch_size else None
+            logp, entropy = (cache.score(rollout.actions, rollout.inputs) if cache
+                             else self.policy.score_for_update(rollout.actions, **rollout.inputs))
             if logp_old is None:
                 logp_old = logp.detach()  # same parameters, same forward: the batch is fresh
             ratio = torch.exp(logp.detach() - logp_old)
@@ -203,8 +219,9 @@ class DAPOHybridTrainer(TrainerState, StepFailures):
             corrections.append(0.0 if extra is None else extra.item())
             if cfg.entropy_coef:
                 extra = -cfg.entropy_coef * share * entropy + (0.0 if extra is None else extra)
-            result = self.dapo.train_step(DAPOBatch(rollout.inputs, rollout.actions, logp_old), batch.feedbacks,
-                                          extra_loss=extra)
+            with cache.armed(self.optimizer) if cache else contextlib.nullcontext():
+                result = self.dapo.train_step(DAPOBatch(rollout.inputs, rollout.actions, logp_old), batch.feedbacks,
+                                              extra_loss=extra)
         return self._rl_metrics(result.metrics, kl_coeff, clip_fracs, corrections[-1], share)
 
     def _token_share(self, rollout) -> float:
@@ -239,8 +256,9 @@ class DAPOHybridTrainer(TrainerState, StepFailures):
     def fit(self) -> int:
         cfg, run = self.config, self.run
         start = self.step
+        lora = {"lora": describe_lora(run.peft_model, cfg)} if run.peft_model is not None else {}
         self.logger.stage("run", **run_record(cfg.to_dict(), run.model, run, run.resumed_from_step,
-                                              precision=run.precision.describe()))
+                                              precision=run.precision.describe(), **lora))
         bar = progress_bar(cfg.max_steps, "train", cfg.progress and self.dist.is_main, initial=start)
         try:
             with self.stop:

@@ -63,8 +63,10 @@ class TrainerState:
         """Rank 0 writes the checkpoint (every rank holds the same state); the others wait."""
         extra = {f"slow_gradient.{i}": t for i, t in self.slow_gradient.ema.items()} if self.slow_gradient else None
         path = None
+        # --lora: the peft model saves the adapter alone (the base weights never change)
+        model = self.run.model if self.run.peft_model is None else self.run.peft_model
         if self.dist.is_main:
-            path = save_checkpoint(self.run.run_dir, self.step, self.run.model, self.run.tokenizer,
+            path = save_checkpoint(self.run.run_dir, self.step, model, self.run.tokenizer,
                                    self.optimizer, self._trainer_state(), extra)
             prune_checkpoints(self.run.run_dir, self.config.keep_checkpoints)
         self._saved_step = self.step

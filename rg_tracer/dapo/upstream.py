@@ -7,6 +7,9 @@ fixes its trap.
    this controller keeps the values the trainer (and its adaptive KL) set.
 2. :class:`NoReference` — with ``--kl-coef 0`` upstream would still clone the policy and run a
    reference forward every step (trap 8); this stands in for the reference at zero cost.
+   ``DAPOTrainer.__init__`` clones the policy whatever comes next, so when the reference is
+   given (``NoReference``, a resume's original model, ``--lora``'s adapters-off base) it is
+   handed over in place of that clone: no transient copy of the model.
 3. :func:`dapo_trainer` builds ``DAPOTrainer`` with ``max_grad_norm=inf``: upstream clips
    inside ``train_step`` and drops the norm, so :class:`~rg_tracer.dapo.optim.ClippingOptimizer`
    clips instead and records the pre-clip norm.
@@ -65,12 +68,15 @@ def dapo_trainer(policy, optimizer, config, mixer, reference=None) -> DAPOTraine
         target_kl=config.kl_target or 0.0, kl_horizon=config.kl_horizon,
         adaptive_kl=config.kl_target is not None, max_grad_norm=math.inf, group_size=config.group_size,
     )
-    trainer = _DeviceSafeTrainer(policy, optimizer, config=dapo_config, reward_mixer=mixer,
-                                 safety_controller=StableSafety())
-    if config.kl_coef == 0:
-        trainer.ref_policy = NoReference()
-    elif reference is not None:
-        trainer.ref_policy = reference
+    given = NoReference() if config.kl_coef == 0 else reference
+    if given is not None:  # upstream's __init__ clones the policy unconditionally: no copy when it is not needed
+        policy.clone = lambda: given
+    try:
+        trainer = _DeviceSafeTrainer(policy, optimizer, config=dapo_config, reward_mixer=mixer,
+                                     safety_controller=StableSafety())
+    finally:
+        if given is not None:
+            del policy.clone
     return trainer
 
 

@@ -11,6 +11,8 @@
 * :mod:`.evaluation`       — greedy held-out evaluation.
 * :mod:`.log_writer`       — the append-only JSONL log.
 * :mod:`.checkpoint`       — pickle-free, atomic checkpoints.
+* :mod:`.lora`             — LoRA adapters through peft (``--lora``), their adapters-off KL
+                             reference, and ``rg-tracer merge``.
 
 Nothing is imported here: ``import rg_tracer.runtime`` stays cheap.
 """

@@ -1,7 +1,8 @@
 """Checkpoints without pickles, written atomically.
 
 Layout: ``<run>/checkpoints/step-000010/`` holding the model and tokenizer
-(``save_pretrained``, safetensors), ``optimizer.safetensors`` (tensor state),
+(``save_pretrained``, safetensors; with ``--lora`` the model is the adapter alone,
+``adapter_config.json`` and ``adapter_model.safetensors``), ``optimizer.safetensors`` (tensor state),
 ``optimizer.json`` (hyper-parameters and scalars), ``trainer_state.json`` and, when the
 run keeps other tensor state (the slow-gradient EMA), ``extra.safetensors``.
 Each is written into a temporary directory, with ``manifest.json`` (every file's size) last;
@@ -28,11 +29,12 @@ from safetensors.torch import load_file, save_file
 
 __all__ = ["save_checkpoint", "latest_checkpoint", "load_optimizer_state", "load_extra_tensors",
            "read_trainer_state", "CheckpointError", "checkpoints", "check_checkpoint", "set_aside",
-           "remove_stale", "prune_checkpoints", "disk_full"]
+           "remove_stale", "prune_checkpoints", "disk_full", "holds_adapter"]
 
 _STATE_FILE = "trainer_state.json"
 _MANIFEST = "manifest.json"
 _PREFIX = "step-"
+_ADAPTER_CONFIG, _ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"  # --lora (peft)
 
 
 class CheckpointError(Exception):
@@ -82,7 +84,9 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, train
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
-        model.save_pretrained(tmp)
+        # a peft model (--lora) saves its adapter alone; never the embedding matrices, which peft's
+        # default ("auto") decides by fetching the base model's config from the hub at every save
+        model.save_pretrained(tmp, **({"save_embedding_layers": False} if hasattr(model, "peft_config") else {}))
         tokenizer.save_pretrained(tmp)
         tensors, meta = _split_optimizer_state(optimizer.state_dict())
         save_file(tensors, tmp / "optimizer.safetensors")
@@ -187,10 +191,13 @@ def check_checkpoint(checkpoint: Path) -> dict:
                 raise CheckpointError(path, "is missing")
             if path.stat().st_size != size:
                 raise CheckpointError(path, f"has {path.stat().st_size} bytes, {size} were written (truncated or changed)")
-    for name in ("config.json", "optimizer.json", "optimizer.safetensors", _STATE_FILE):
+    adapter = holds_adapter(checkpoint)
+    for name in (_ADAPTER_CONFIG if adapter else "config.json", "optimizer.json", "optimizer.safetensors", _STATE_FILE):
         if not (checkpoint / name).is_file():
             raise CheckpointError(checkpoint / name, "is missing")
-    if not _has_weights(checkpoint):
+    if adapter and not (checkpoint / _ADAPTER_WEIGHTS).is_file():
+        raise CheckpointError(checkpoint / _ADAPTER_WEIGHTS, "is missing (no adapter weights)")
+    if not adapter and not _has_weights(checkpoint):
         raise CheckpointError(checkpoint / "model.safetensors", "is missing (no model weights)")
     for path in sorted(checkpoint.glob("*.json")):
         _read_json(path)
@@ -207,7 +214,23 @@ def check_checkpoint(checkpoint: Path) -> dict:
     for key, kind in kinds.items():
         if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
             raise CheckpointError(checkpoint / _STATE_FILE, f"lacks a valid {key!r} (corrupt)")
+    if bool((state.get("config") or {}).get("lora")) != adapter:
+        held = "an adapter" if adapter else "full weights"
+        raise CheckpointError(checkpoint / _STATE_FILE, f"says the run trained {'without' if adapter else 'with'} "
+                                                        f"--lora, but the checkpoint holds {held} (corrupt)")
     return state
+
+
+def holds_adapter(checkpoint: Path) -> bool:
+    """Whether ``checkpoint`` holds a LoRA adapter (``--lora``) rather than full weights: its adapter
+    files, or, both missing, its trainer state saying so."""
+    checkpoint = Path(checkpoint)
+    if (checkpoint / _ADAPTER_CONFIG).is_file() or (checkpoint / _ADAPTER_WEIGHTS).is_file():
+        return True
+    try:
+        return bool(json.loads((checkpoint / _STATE_FILE).read_bytes())["config"]["lora"])
+    except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError):
+        return False
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -217,7 +240,8 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def _has_weights(checkpoint: Path) -> bool:
-    return any(checkpoint.glob("model*.safetensors")) or any(checkpoint.glob("pytorch_model*.bin"))
+    return (any(checkpoint.glob("model*.safetensors")) or any(checkpoint.glob("pytorch_model*.bin"))
+            or (checkpoint / _ADAPTER_WEIGHTS).is_file())
 
 
 def read_trainer_state(checkpoint: Path) -> dict:

@@ -31,7 +31,19 @@ from gepa_dapo_grn.policy_interfaces import Policy, PolicyOutput
 from rg_tracer.runtime.decode import cached_decode, supports_cached_decode
 from rg_tracer.runtime.precision import FLOAT32, Precision
 
-__all__ = ["HFPolicyAdapter", "Rollout"]
+__all__ = ["HFPolicyAdapter", "Rollout", "row_chunks"]
+
+
+def row_chunks(rows: int, size: int, group: int = 1) -> list[slice]:
+    """Consecutive slices of at most ``size`` of ``rows`` rows that are ``rows // group`` runs of
+    ``group`` copies: whole runs per slice when ``size >= group``, else each run split (its last
+    slice may be shorter). ``size`` 0: one slice."""
+    if size <= 0 or size >= rows:
+        return [slice(0, rows)]
+    if size >= group:
+        step = (size // group) * group
+        return [slice(s, min(s + step, rows)) for s in range(0, rows, step)]
+    return [slice(g + s, g + min(s + size, group)) for g in range(0, rows, group) for s in range(0, group, size)]
 
 
 @dataclass
@@ -74,6 +86,11 @@ class Rollout:
 
 
 class HFPolicyAdapter(Policy):
+    #: ``--micro-batch-size``: rows per generation call and per no-grad ``logprobs`` forward
+    #: (0: all at once); the trainer sets it, and :mod:`rg_tracer.dapo.micro_batch` chunks the
+    #: gradient forward by it
+    micro_batch: int = 0
+
     def __init__(self, model: torch.nn.Module, tokenizer, lean_sampler: bool = True,
                  precision: Precision = FLOAT32) -> None:
         super().__init__()
@@ -109,13 +126,19 @@ class HFPolicyAdapter(Policy):
     def logprobs(self, actions: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
         """Mean completion-token log-prob per sequence, (N,), from raw logits.
 
-        Returns the tensor primed by :meth:`score_for_update` when called with the same
-        ``actions`` object, so the trainer's call reuses that forward pass and graph.
+        Returns the tensor primed by :meth:`score_for_update` (or :meth:`prime`) when called
+        with the same ``actions`` object, so the trainer's call reuses that forward pass and
+        graph. Otherwise one forward, in chunks of :attr:`micro_batch` rows when that is set.
         """
         primed, self._primed = self._primed, None
         if primed is not None and primed[0] is actions and torch.is_grad_enabled():
             return primed[1]
-        return self._logprobs_and_entropy(actions, inputs, self.model)[0]
+        if not self.micro_batch or actions.shape[0] <= self.micro_batch:
+            return self._logprobs_and_entropy(actions, inputs, self.model)[0]
+        # --micro-batch-size: chunks of rows (the KL reference's no-grad forward), each row as it was
+        return torch.cat([self._logprobs_and_entropy(actions[rows], {k: v[rows] for k, v in inputs.items()},
+                                                     self.model)[0]
+                          for rows in row_chunks(actions.shape[0], self.micro_batch)])
 
     def score_for_update(self, actions: torch.Tensor, **inputs: torch.Tensor):
         """One forward with gradients: ``(logp, entropy)``, (N,) and scalar.
@@ -129,13 +152,18 @@ class HFPolicyAdapter(Policy):
         return logp, entropy
 
     def prime(self, actions: torch.Tensor, logp: torch.Tensor) -> None:
-        """Make the next ``logprobs`` call with these ``actions`` (and gradients on) return ``logp``."""
+        """Make the next ``logprobs`` call with these ``actions`` (and gradients on) return ``logp``:
+        :meth:`score_for_update`'s tensor, or with ``--micro-batch-size`` the detached leaf that
+        :class:`rg_tracer.dapo.micro_batch.GradientCache` collects the loss's gradient in."""
         self._primed = (actions, logp)
 
     def logprobs_with_entropy(self, actions: torch.Tensor, **inputs: torch.Tensor):
         """``(logp, entropy)`` with gradients (through :attr:`train_model`); records the entropy
-        as ``last_entropy``."""
-        logp, entropy = self._logprobs_and_entropy(actions, inputs, self.train_model)
+        as ``last_entropy``. LoRA adapters' dropout (``--lora-dropout``) acts here, and only here."""
+        from rg_tracer.runtime.lora import adapter_dropout
+
+        with adapter_dropout(self.model):
+            logp, entropy = self._logprobs_and_entropy(actions, inputs, self.train_model)
         self.last_entropy = float(entropy.detach())
         return logp, entropy
 
@@ -166,11 +194,27 @@ class HFPolicyAdapter(Policy):
 
         Through :func:`~rg_tracer.runtime.decode.cached_decode` where it supports the model and
         ``lean_sampler`` is on, else ``model.generate``: the same tokens either way.
+
+        With :attr:`micro_batch` set (``--micro-batch-size``) the rows are generated in calls of
+        at most that many: whole prompts per call when it holds a group, else each prompt's
+        copies split. The prompts are padded together first, so every row is computed as in one
+        call (a greedy sample is the same); sampled draws differ from one call's, as the random
+        stream is consumed call by call.
         """
         tok = self.tokenizer
         enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         prompt_ids = enc["input_ids"].to(self.device).repeat_interleave(group_size, dim=0)
         prompt_mask = enc["attention_mask"].to(self.device).repeat_interleave(group_size, dim=0)
+        chunks = (row_chunks(prompt_ids.shape[0], self.micro_batch, group_size) if self.micro_batch
+                  else [slice(0, prompt_ids.shape[0])])
+        parts = [self._generate(prompt_ids[rows], prompt_mask[rows], max_new_tokens, temperature, greedy)
+                 for rows in chunks]
+        return parts[0] if len(parts) == 1 else Rollout.concat(parts, tok.pad_token_id)
+
+    def _generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int,
+                  temperature: float, greedy: bool) -> Rollout:
+        """One generation call over these (already repeated) prompt rows."""
+        tok = self.tokenizer
         if self._cached_decode:
             with self.precision.context(self.device):
                 actions = cached_decode(self.model, prompt_ids, prompt_mask, max_new_tokens, tok.eos_token_id,

@@ -86,6 +86,21 @@ def test_two_processes_equal_one_with_seed_per_prompt(tmp_path, tiny_model_dir):
     assert evals(one) == evals(two)
 
 
+def test_two_processes_with_micro_batches_equal_one_without(tmp_path, tiny_model_dir):
+    """DDP + --micro-batch-size: each rank accumulates its 4 rows in chunks of 2 (all-reduce on the
+    last chunk only); the update is one process's whole-batch update."""
+    config = train_config(tiny_model_dir("qwen2"), seed_per_prompt=True, entropy_coef=0.05, clip_ratio_high=0.28,
+                          updates_per_batch=2, eval_every=0, learning_rate=1e-3)
+    two, (w2, w2b) = launch(tmp_path, "two", "train", micro_batch_size=2, **config)
+    one, (w1,) = launch(tmp_path, "one", "train", nproc=1, **config)
+    for a, b in zip(steps(one), steps(two), strict=True):
+        assert [g["completion"] for g in a["generation"]] == [g["completion"] for g in b["generation"]]
+        for key in ("loss", "kl", "entropy", "grad_norm"):
+            if a["rl"].get(key) is not None:  # the warm-up step has no KL
+                assert b["rl"][key] == pytest.approx(a["rl"][key], rel=1e-5, abs=1e-6), (a["step"], key)
+    assert max_difference(w2, w2b) == 0.0 and max_difference(w1, w2) < 1e-6
+
+
 def test_resumed_two_rank_run_equals_an_unbroken_one(tmp_path, tiny_model_dir):
     model = tiny_model_dir("qwen2")
     _, (unbroken, _) = launch(tmp_path, "unbroken", "train", **train_config(model))
@@ -109,6 +124,8 @@ def test_eggroll_across_two_processes_is_bit_identical_to_one(tmp_path, tiny_mod
 
 @pytest.mark.parametrize("extra, message", [
     (["--batch-size", "3"], "--batch-size 3 does not divide among 2 processes"),
+    (["--batch-size", "4", "--group-size", "2", "--micro-batch-size", "8"],
+     "--micro-batch-size 8 does not divide the 4 completions each of 2 processes holds"),
 ])
 def test_bad_splits_are_refused_before_anything_is_written(tmp_path, tiny_model_dir, extra, message):
     out = tmp_path / "run"
