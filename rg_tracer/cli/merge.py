@@ -32,7 +32,7 @@ def merge_command(source: Path, out_dir: Path, base: str | None, dtype: str, tru
         rg-tracer merge runs/lora --out runs/lora-merged
         rg-tracer train --model runs/lora-merged ...
     """
-    from rg_tracer.runtime.lora import merge_checkpoint
+    from rg_tracer.runtime.lora_merge import merge_checkpoint
 
     quiet_transformers()
     checkpoint, used = merge_checkpoint(source, out_dir, base=base, dtype=dtype, trust_remote_code=trust_remote_code)
