@@ -123,3 +123,32 @@ def test_cached_decode_gives_generates_tokens(policy, greedy, temperature):
                                        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                                        **sampling)[:, ids.shape[1]:]
     assert torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 3.0])
+def test_finished_rows_leave_the_decode_step_and_tokens_stay_generates(policy, temperature, monkeypatch):
+    """Rows that emitted EOS are dropped from the plain-ops decode step (fewer rows per token),
+    yet every token equals generate's for the same seed: the random draws are the whole batch's."""
+    from rg_tracer.runtime.decode import cached_decode
+    from rg_tracer.runtime.llama_step import LlamaStep, supports_llama_step
+
+    if not supports_llama_step(policy.model):
+        pytest.skip("only the plain-ops decode step drops rows")
+    held = []
+    select = LlamaStep.select_rows
+    monkeypatch.setattr(LlamaStep, "select_rows", lambda self, rows: (held.append(len(rows)), select(self, rows)))
+    tok = policy.tokenizer
+    with torch.no_grad():  # make EOS likely, so rows finish at many different lengths
+        policy.model.get_output_embeddings().weight[tok.eos_token_id] *= 4
+    enc = tok(["1+2=", "13+24=", "5=", "99+1="], return_tensors="pt", padding=True, add_special_tokens=False)
+    ids, mask = enc["input_ids"].repeat_interleave(8, 0), enc["attention_mask"].repeat_interleave(8, 0)
+    torch.manual_seed(5)
+    ours = cached_decode(policy.model, ids, mask, 40, tok.eos_token_id, tok.pad_token_id, temperature)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        theirs = policy.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=40, do_sample=True,
+                                       temperature=temperature, top_k=0, top_p=1.0, pad_token_id=tok.pad_token_id,
+                                       eos_token_id=tok.eos_token_id)[:, ids.shape[1]:]
+    lengths = ((theirs == tok.eos_token_id).int().argmax(-1) + 1).tolist()
+    assert len(set(lengths)) > 3 and held, (lengths, held)  # rows finished at many lengths; some were dropped
+    assert torch.equal(ours, theirs)

@@ -34,27 +34,39 @@ def weight_norms(model: torch.nn.Module) -> dict[str, float]:
 
 
 class SlowGradient:
-    """EMA of gradients: ``ema <- alpha * ema + (1 - alpha) * g``; optionally ``g += lam * ema``."""
+    """EMA of gradients: ``ema <- alpha * ema + (1 - alpha) * g``; optionally ``g += lam * ema``.
+
+    The EMA is updated every step with one fused (``foreach``) pass; the ratio's norms are not:
+    the gradient's is the one the optimizer measured (``norm``), the EMA's is computed when
+    :attr:`last_ratio` is read (the trainer logs it every ``--diag-every`` steps)."""
 
     def __init__(self, alpha: float = 0.98, lam: float = 0.0) -> None:
         self.alpha, self.lam = alpha, lam
         self.ema: dict[int, torch.Tensor] = {}
-        self.last_ratio: float = float("nan")
+        self._fast: float = float("nan")  # this step's gradient norm, before the amplification
 
-    def __call__(self, params: list[torch.Tensor]) -> None:
-        slow_sq, fast_sq = 0.0, 0.0
+    def __call__(self, params: list[torch.Tensor], norm: float | None = None) -> None:
         with torch.no_grad():
-            for i, p in enumerate(params):
-                if p.grad is None:
-                    continue
-                grad = p.grad
-                ema = self.ema.get(i)
-                if ema is None:
-                    ema = self.ema[i] = grad.detach().clone()
-                else:
-                    ema.mul_(self.alpha).add_(grad, alpha=1 - self.alpha)
-                fast_sq += float(grad.float().pow(2).sum())
-                slow_sq += float(ema.float().pow(2).sum())
-                if self.lam:
-                    grad.add_(ema, alpha=self.lam)
-        self.last_ratio = (slow_sq / fast_sq) ** 0.5 if fast_sq > 0 else float("nan")
+            idx = [i for i, p in enumerate(params) if p.grad is not None]
+            grads = [params[i].grad for i in idx]
+            if not grads:
+                self._fast = float("nan")
+                return
+            seen = [k for k, i in enumerate(idx) if i in self.ema]
+            if seen:
+                emas = [self.ema[idx[k]] for k in seen]
+                torch._foreach_lerp_(emas, [grads[k] for k in seen], 1 - self.alpha)  # alpha*ema + (1-alpha)*g
+            for i, grad in zip(idx, grads):  # the first step: the EMA starts at the gradient
+                if i not in self.ema:
+                    self.ema[i] = grad.detach().clone()
+            emas = [self.ema[i] for i in idx]
+            self._fast = float(torch.nn.utils.get_total_norm(grads)) if norm is None else norm
+            if self.lam:
+                torch._foreach_add_(grads, emas, alpha=self.lam)
+
+    @property
+    def last_ratio(self) -> float:
+        """``||ema|| / ||g||`` of the latest step (NaN before the first or for a zero gradient)."""
+        if not self.ema or not self._fast > 0:
+            return float("nan")
+        return float(torch.nn.utils.get_total_norm(list(self.ema.values()))) / self._fast

@@ -46,7 +46,7 @@ class _FiniteGradients:
         if not math.isfinite(norm):
             raise NonFiniteStep(f"non-finite gradient norm ({norm})")
         if self.then is not None:
-            self.then(params)
+            self.then(params, norm)
         self.passed += 1
         return bool(self.then is not None and self.then.lam)
 

@@ -5,7 +5,12 @@ merging and validation, logits processors, stopping criteria and a fresh 4-D att
 on every token. This loop does prefill (``logits_to_keep=1``), then one forward per token,
 ``softmax(logits / T)`` -> ``torch.multinomial`` (the same draws in the same order as
 ``generate(do_sample=True, top_k=0, top_p=1.0)``, so the tokens are identical for a given
-seed; ``argmax`` when greedy), pads after EOS and stops once every row has finished.
+seed; ``argmax`` when greedy), pads after EOS and stops once every row has finished. Where
+the decode step can (``LlamaStep.select_rows``), rows that have finished are dropped from it
+once they are a quarter of those it holds: ``generate`` keeps computing every row to the
+longest completion, which with EOS allowed is most of a sampling call's work on a CPU. The
+random numbers are still drawn for the whole batch (:func:`_multinomial_rows`), so the
+tokens stay ``generate``'s.
 Llama and Qwen2 models take each token through :class:`~rg_tracer.runtime.llama_step.LlamaStep`
 (the same arithmetic without the modules' overhead); GPT-2 through the model's forward.
 Measured against ``generate`` on the benchmark models: ``benchmarks/RESULTS.md``. Other
@@ -24,6 +29,9 @@ from rg_tracer.runtime.llama_step import LlamaStep, full_attention, supports_lla
 __all__ = ["supports_cached_decode", "cached_decode"]
 
 _FAMILIES = ("gpt2", "llama", "qwen2")
+#: Drop finished rows from the decode step once the unfinished ones are at most this share of
+#: the rows it holds (each drop copies the KV cache, so not at every EOS).
+COMPACT_BELOW = 0.75
 
 
 def supports_cached_decode(model) -> bool:
@@ -57,7 +65,9 @@ def cached_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
         else:
             advance = _ModelStep(model, cache, cache_kw, attention_mask, position_ids, max_new_tokens)
         tokens = input_ids.new_full((b, max_new_tokens), pad_token_id)
-        done = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
+        held = torch.arange(b, device=input_ids.device)  # the batch rows the decode step holds
+        live = torch.ones(b, dtype=torch.bool, device=input_ids.device)  # over held rows: no EOS yet
+        compacts = hasattr(advance, "select_rows")
         min_new = getattr(model.generation_config, "min_new_tokens", None) or 0  # honoured as generate does
         n = 0
         for t in range(max_new_tokens):
@@ -67,18 +77,40 @@ def cached_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
             scaled = logits if greedy or temperature == 1.0 else logits / temperature  # x / 1.0 == x exactly
             if greedy:
                 nxt = logits.argmax(-1)
-            else:
+            elif len(held) == b:
                 nxt = torch.multinomial(torch.softmax(scaled, -1), 1).squeeze(1)
+            else:
+                nxt = _multinomial_rows(torch.softmax(scaled, -1), held, b)
             if token_logprobs is not None:
-                token_logprobs.append(torch.log_softmax(scaled, -1).gather(1, nxt[:, None]).squeeze(1))
-            nxt = nxt.masked_fill(done, pad_token_id)
-            tokens[:, t] = nxt
+                drawn = torch.log_softmax(scaled, -1).gather(1, nxt[:, None]).squeeze(1)
+                token_logprobs.append(drawn if len(held) == b else drawn.new_zeros(b).index_copy_(0, held, drawn))
+            nxt = nxt.masked_fill(~live, pad_token_id)
+            if len(held) == b:
+                tokens[:, t] = nxt
+            else:
+                tokens[held, t] = nxt
             n = t + 1
-            done |= nxt == eos_token_id
-            if n == max_new_tokens or bool(done.all()):
+            live &= nxt != eos_token_id
+            going = int(live.sum())
+            if n == max_new_tokens or going == 0:
                 break
+            if compacts and going <= COMPACT_BELOW * len(held):  # drop the finished rows
+                keep = live.nonzero().squeeze(1)
+                advance.select_rows(keep)
+                held, live, nxt = held[keep], live[keep], nxt[keep]
             logits = advance(nxt)
     return tokens[:, :n].clone()  # a normal tensor: the training forward saves these ids
+
+
+def _multinomial_rows(probs: torch.Tensor, rows: torch.Tensor, batch: int) -> torch.Tensor:
+    """``torch.multinomial(p, 1)`` for ``rows`` of a ``batch``-row draw, with the same random
+    numbers: multinomial samples one draw as ``argmax(p / q)``, ``q ~ Exp(1)`` of the batch's
+    shape (Gumbel-max), so drawing ``q`` for every row and using ``rows`` of it gives the tokens
+    an unpruned loop would (and ``generate`` does). Its check of ``p`` is repeated, same words."""
+    if not bool(torch.isfinite(probs).all()):
+        raise RuntimeError("probability tensor contains either `inf`, `nan` or element < 0")
+    q = probs.new_empty(batch, probs.shape[-1]).exponential_(1)
+    return (probs / q.index_select(0, rows)).argmax(-1)
 
 
 class _ModelStep:

@@ -152,6 +152,17 @@ class LlamaStep:
         self.sin = ((angles.sin() * rotary.attention_scaling).to(self.embed.dtype) * sign)[:, :, None]
         self.step = 0
 
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Keep only ``rows`` (indices into the rows held now) for the next calls: their caches,
+        key masks and rotary tables (finished rows need no further tokens)."""
+        self.keys = [k.index_select(0, rows) for k in self.keys]
+        self.values = [v.index_select(0, rows) for v in self.values]
+        width = self.key_bias.shape[-1]
+        self.key_bias = (self.key_bias.view(self.rows, self.kv_heads, 1, width).index_select(0, rows)
+                         .reshape(len(rows) * self.kv_heads, 1, width))
+        self.cos, self.sin = self.cos.index_select(1, rows), self.sin.index_select(1, rows)
+        self.rows = len(rows)
+
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
         b, dt, heads, kv_heads, head_dim = self.rows, self.embed.dtype, self.heads, self.kv_heads, self.head_dim
         n_q, n_kv = heads * head_dim, kv_heads * head_dim

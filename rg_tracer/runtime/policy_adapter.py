@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from gepa_dapo_grn.policy_interfaces import Policy, PolicyOutput
 
 from rg_tracer.runtime.decode import cached_decode, supports_cached_decode
+from rg_tracer.runtime.length_groups import length_groups, overhead_positions
 from rg_tracer.runtime.precision import FLOAT32, Precision
 
 __all__ = ["HFPolicyAdapter", "Rollout", "row_chunks"]
@@ -106,6 +107,7 @@ class HFPolicyAdapter(Policy):
         self._cached_decode = lean_sampler and supports_cached_decode(model)
         self.last_entropy: float | None = None
         self._primed: tuple | None = None
+        self._overhead: float | None = None  # a forward's fixed cost in positions (length_groups)
 
     @property
     def device(self) -> torch.device:
@@ -168,6 +170,32 @@ class HFPolicyAdapter(Policy):
         return logp, entropy
 
     def _logprobs_and_entropy(self, actions: torch.Tensor, inputs: dict, model: torch.nn.Module):
+        """``(logp, entropy)``: on a CPU, over groups of rows of similar completion length, each
+        trimmed to its own width (:mod:`rg_tracer.runtime.length_groups`); otherwise one forward.
+        Not under DDP, whose reducer expects one forward per backward."""
+        mask = inputs["completion_mask"]
+        if actions.device.type != "cpu" or model is not self.model or actions.shape[0] < 2:
+            return self._forward(actions, inputs, model)
+        if self._overhead is None:
+            self._overhead = overhead_positions(self.model)
+        groups = length_groups(mask.sum(-1), self._overhead)
+        if len(groups) == 1:
+            return self._forward(actions, inputs, model)
+        p = inputs["attention_mask"].shape[1] - actions.shape[1]
+        prompt_lengths = inputs["attention_mask"][:, :p].sum(-1)
+        logps, entropy_sum = [], 0.0
+        for rows in groups:
+            c, w = max(int(mask[rows].sum(-1).max()), 1), int(prompt_lengths[rows].max())
+            keep = slice(p - w, p + c)  # the group's own prompt padding and completion width
+            part = {"input_ids": inputs["input_ids"][rows][:, keep],
+                    "attention_mask": inputs["attention_mask"][rows][:, keep], "completion_mask": mask[rows][:, :c]}
+            logp, entropy = self._forward(actions[rows][:, :c], part, model)
+            logps.append(logp)
+            entropy_sum = entropy_sum + entropy * part["completion_mask"].sum()
+        order = torch.cat(groups).to(actions.device)
+        return torch.cat(logps)[torch.argsort(order)], entropy_sum / mask.sum().clamp(min=1)
+
+    def _forward(self, actions: torch.Tensor, inputs: dict, model: torch.nn.Module):
         input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
         completion_mask = inputs["completion_mask"].to(torch.float32)  # (N, C)
         c = actions.shape[1]
