@@ -125,15 +125,18 @@ def test_cached_decode_gives_generates_tokens(policy, greedy, temperature):
     assert torch.equal(ours, theirs)
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])  # the families of the plain-ops decode step
 @pytest.mark.parametrize("temperature", [1.0, 3.0])
-def test_finished_rows_leave_the_decode_step_and_tokens_stay_generates(policy, temperature, monkeypatch):
+def test_finished_rows_leave_the_decode_step_and_tokens_stay_generates(tiny_model_dir, arch, temperature,
+                                                                        monkeypatch):
     """Rows that emitted EOS are dropped from the plain-ops decode step (fewer rows per token),
     yet every token equals generate's for the same seed: the random draws are the whole batch's."""
     from rg_tracer.runtime.decode import cached_decode
     from rg_tracer.runtime.llama_step import LlamaStep, supports_llama_step
 
-    if not supports_llama_step(policy.model):
-        pytest.skip("only the plain-ops decode step drops rows")
+    model, tokenizer = load_model(str(tiny_model_dir(arch)))
+    policy = HFPolicyAdapter(model, tokenizer)
+    assert supports_llama_step(policy.model)
     held = []
     select = LlamaStep.select_rows
     monkeypatch.setattr(LlamaStep, "select_rows", lambda self, rows: (held.append(len(rows)), select(self, rows)))
