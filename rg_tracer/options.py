@@ -84,7 +84,8 @@ class RunOptions:
     overwrite: bool = opt(False, "Delete the run already in --output-dir (train.jsonl, checkpoints/ or model/) and start afresh.", RUN_DIR)
     # -- the machine ---------------------------------------------------------------------
     device: str = opt("auto", "torch device: auto, cpu, cuda, cuda:1, mps.", MACHINE)
-    dtype: str = opt("auto", "Compute dtype: auto (the model's saved dtype), float32, bfloat16 or float16. Half precision runs forward passes under torch.autocast and keeps fp32 master weights and optimizer state, unless --pure-dtype (docs/models.md).", MACHINE)
+    dtype: str = opt("auto", "Compute dtype: auto (the model's saved dtype), float32, bfloat16 or float16. Half precision runs forward passes under torch.autocast and keeps fp32 master weights and optimizer state, unless --pure-dtype (docs/models.md).", MACHINE,
+                     metavar="[auto|float32|bfloat16|float16]")
     pure_dtype: bool = opt(False, "Keep the weights (and AdamW's state) in --dtype itself instead of fp32 masters: half the memory, but an update smaller than the dtype's resolution is lost (a bf16 weight near 1.0 ignores changes below 0.004).", MACHINE)
     threads: int | None = opt(None, "torch CPU threads. Default: 1 on CPU for models under 20M parameters, whose ops are too small to share across threads (measured on 2 busy cores: the demo's 137k-parameter model took 14x the CPU time per step with 2 threads), else torch's default. The 20M bound is not measured: on 2 cores a 25M model still took 2.1x the CPU time with 2 threads, so pass --threads 1 there.", MACHINE)
     trust_remote_code: bool = opt(False, "Allow model code from the hub to run (only for models you trust).", MACHINE)

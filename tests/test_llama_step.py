@@ -141,3 +141,40 @@ def test_view_layout_shares_the_models_weights():
     matrices = [m for w in packed for m in (w if isinstance(w, tuple) else (w,))]
     assert len(matrices) == 2 * (3 + 1 + 2 + 1) + 1
     assert all(m.data_ptr() in params for m in matrices)
+
+
+@pytest.mark.parametrize("kind", ["qwen2-gqa", "llama-bias"])
+def test_lora_adapters_are_folded_into_the_cpu_step(kind):
+    """peft LoRA layers (random B, so they act) on every projection: on CPU the step folds
+    ``W + scaling * B A`` into its packed weights and its logits match the adapted model's forward;
+    with the adapters disabled it gives the base model's."""
+    peft = pytest.importorskip("peft")
+    model = _model(kind)
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0)
+    adapted = peft.get_peft_model(model, config)
+    with torch.no_grad():
+        for name, p in adapted.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.3)
+    inner = adapted.get_base_model()
+    assert supports_llama_step(inner)
+    ids, mask = _prompts()
+    new = torch.randint(3, VOCAB, (3, 4))
+
+    def compare():
+        cache = tf.DynamicCache(config=inner.config)
+        with torch.inference_mode():
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            inner(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
+            step = LlamaStep(inner, cache, mask, max_new_tokens=new.shape[1])
+            got = torch.stack([step(new[:, t]) for t in range(new.shape[1])], 1)
+            full_ids, full_mask = torch.cat([ids, new], 1), torch.cat([mask, torch.ones_like(new)], 1)
+            want = inner(input_ids=full_ids, attention_mask=full_mask,
+                         position_ids=(full_mask.cumsum(-1) - 1).clamp(min=0)).logits[:, ids.shape[1]:]
+        assert torch.allclose(got, want, atol=1e-5, rtol=1e-5), (got - want).abs().max()
+        return got
+
+    adapted_logits = compare()
+    with adapted.disable_adapter():
+        base_logits = compare()
+    assert (adapted_logits - base_logits).abs().max() > 1e-2  # the adapters changed the logits

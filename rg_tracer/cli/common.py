@@ -99,7 +99,8 @@ def options_from(config_cls):
                 command = click.option(decl, f.name, is_flag=True, default=f.default, **common)(command)
             else:
                 command = click.option(flag, f.name, type=_TYPES[base], default=f.default,
-                                       show_default=f.default is not None, **common)(command)
+                                       show_default=f.default is not None, metavar=f.metadata.get("metavar"),
+                                       **common)(command)
         return command
 
     return decorate

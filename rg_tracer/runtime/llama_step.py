@@ -15,9 +15,16 @@ arithmetic is the model's own, with its weights, in its dtype; what differs:
    fused SDPA kernel cost 1.6x that for one query on CPU); rotary tables are built once.
 4. The prompt's prefill still runs through the model (``cached_decode``); its cache seeds ours.
 
+5. On CPU, a projection wrapped by a peft LoRA adapter (``--lora``, vanilla LoRA: no DoRA or
+   other variant) is packed with the adapter folded in, ``W + scaling · B A`` (and ``B``'s
+   bias, if any), since the packed copy is made anyway; the sum is rounded once instead of
+   added after two matmuls, a float difference of the same kind as the fused matmuls'.
+   Elsewhere the weights are views, and folding would copy them: LoRA keeps the model's forward.
+
 Supported: ``model_type`` llama or qwen2 with full (not sliding-window) attention, a
 rotary embedding whose frequencies do not depend on the sequence length, and unwrapped,
-hook-free modules. Anything else uses the model's own forward (:func:`supports_llama_step`).
+hook-free modules (on CPU also vanilla LoRA linears). Anything else uses the model's own
+forward (:func:`supports_llama_step`).
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ def supports_llama_step(model) -> bool:
     rotary = getattr(getattr(model, "model", None), "rotary_emb", None)
     if getattr(rotary, "rope_type", None) not in _STATIC_ROPE or getattr(config, "pretraining_tp", 1) != 1:
         return False
+    on_cpu = next(model.parameters()).device.type == "cpu"
     for module in model.modules():
         if (module._forward_hooks or module._forward_pre_hooks or hasattr(module, "_hf_hook")
                 or "forward" in vars(module)):
@@ -58,9 +66,36 @@ def supports_llama_step(model) -> bool:
     for layer in model.model.layers:
         linears = [layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
                    layer.self_attn.o_proj, layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj]
-        if any(type(linear) is not torch.nn.Linear for linear in linears):
+        if any(type(linear) is not torch.nn.Linear and not (on_cpu and _vanilla_lora(linear)) for linear in linears):
             return False
     return type(model.get_output_embeddings()) is torch.nn.Linear
+
+
+def _vanilla_lora(linear) -> bool:
+    """A peft LoRA linear layer over a plain ``nn.Linear`` whose active adapters are vanilla
+    LoRA (``base(x) + scaling · B(A(x))``), so its effective weight can be folded."""
+    base = getattr(linear, "base_layer", None)
+    if type(base) is not torch.nn.Linear or not hasattr(linear, "lora_A") or not hasattr(linear, "scaling"):
+        return False
+    variants = getattr(linear, "lora_variant", {}) or {}
+    return not any(name in variants for name in getattr(linear, "active_adapters", ()))
+
+
+def _effective(linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(weight, bias)`` of a projection: its own, or with its active LoRA adapters folded in."""
+    if type(linear) is torch.nn.Linear:
+        return linear.weight, linear.bias
+    weight, bias = linear.base_layer.weight, linear.base_layer.bias
+    if linear.disable_adapters or linear.merged:
+        return weight, bias
+    for name in linear.active_adapters:
+        if name not in linear.lora_A:
+            continue
+        a, b, scale = linear.lora_A[name], linear.lora_B[name], linear.scaling[name]
+        weight = weight + scale * (b.weight.to(weight.dtype) @ a.weight.to(weight.dtype))
+        if b.bias is not None:
+            bias = scale * b.bias.to(weight.dtype) + (0 if bias is None else bias)
+    return weight, bias
 
 
 def _pack(weights: list[torch.Tensor], transpose_copy: bool):
@@ -71,9 +106,12 @@ def _pack(weights: list[torch.Tensor], transpose_copy: bool):
     return weights[0].t() if len(weights) == 1 else tuple(w.t() for w in weights)
 
 
-def _bias(*linears) -> torch.Tensor | None:
-    biases = [lin.bias for lin in linears]
-    return None if biases[0] is None else torch.cat(biases)
+def _bias(*projections) -> torch.Tensor | None:
+    """The biases of ``(weight, bias)`` projections joined like their packed weights (zeros for
+    one without, when another has one), or ``None`` when none has a bias."""
+    if all(b is None for _, b in projections):
+        return None
+    return torch.cat([w.new_zeros(w.shape[0]) if b is None else b for w, b in projections])
 
 
 def _linear(x: torch.Tensor, w, b: torch.Tensor | None) -> torch.Tensor:
@@ -114,14 +152,15 @@ class LlamaStep:
         self.layers, self.keys, self.values = [], [], []
         for i, layer in enumerate(core.layers):
             attn, mlp = layer.self_attn, layer.mlp
+            qw, kw, vw, ow = (_effective(lin) for lin in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj))
+            gw, uw, dw = (_effective(lin) for lin in (mlp.gate_proj, mlp.up_proj, mlp.down_proj))
             self.layers.append((
                 layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon,
-                _pack([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight], copy),
-                _bias(attn.q_proj, attn.k_proj, attn.v_proj),
-                _pack([attn.o_proj.weight], copy), attn.o_proj.bias,
+                _pack([qw[0], kw[0], vw[0]], copy), _bias(qw, kw, vw),
+                _pack([ow[0]], copy), ow[1],
                 layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon,
-                _pack([mlp.gate_proj.weight, mlp.up_proj.weight], copy), _bias(mlp.gate_proj, mlp.up_proj),
-                _pack([mlp.down_proj.weight], copy), mlp.down_proj.bias,
+                _pack([gw[0], uw[0]], copy), _bias(gw, uw),
+                _pack([dw[0]], copy), dw[1],
                 F.silu if config.hidden_act == "silu" else mlp.act_fn,
             ))
             k, v = cache.layers[i].keys, cache.layers[i].values  # (B, kv_heads, P, head_dim)
