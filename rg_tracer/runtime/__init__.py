@@ -11,8 +11,12 @@
 * :mod:`.evaluation`       — greedy held-out evaluation.
 * :mod:`.log_writer`       — the append-only JSONL log.
 * :mod:`.checkpoint`       — pickle-free, atomic checkpoints.
-* :mod:`.lora`             — LoRA adapters through peft (``--lora``), their adapters-off KL
-                             reference, and ``rg-tracer merge``.
+* :mod:`.lora`             — LoRA adapters through peft (``--lora``) and their adapters-off KL
+                             reference; :mod:`.lora_merge` ``rg-tracer merge``.
+* :mod:`.precision`        — ``--dtype``/``--pure-dtype``: autocast over float32 master weights.
+* :mod:`.length_groups`    — training forwards over rows of similar length (CPU).
+* :mod:`.resources`        — tokens/s and peak memory for a step record's ``timing``.
+* :mod:`.distributed`      — the torchrun process group, sharding and collectives.
 
 Nothing is imported here: ``import rg_tracer.runtime`` stays cheap.
 """
