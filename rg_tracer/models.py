@@ -211,23 +211,31 @@ def positions_of(model_config) -> int | None:
 
 
 def saved_config(name: str, trust_remote_code: bool = False):
-    """The model's config from disk (a directory or the hub cache), no weights; ``None`` when it is
-    not on disk or does not load (:func:`load_model` says why later)."""
-    return _config_and_tokenizer(name, trust_remote_code)[0]
+    """The model's config from disk (a directory or the hub cache), no weights, no tokenizer;
+    ``None`` when it is not on disk or does not load (:func:`load_model` says why later)."""
+    from transformers import AutoConfig
+
+    local = {} if Path(name).is_dir() else {"local_files_only": True}
+    try:
+        return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code, **local)
+    except Exception:  # best effort: any failure here is reported by load_model, as one line
+        return None
 
 
 def _config_and_tokenizer(name: str, trust_remote_code: bool):
     """The model's config and tokenizer from disk (a directory or the hub cache), without weights;
     ``(None, None)`` when they are not on disk or do not load (:func:`load_model` says why later)."""
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoTokenizer
 
+    config = saved_config(name, trust_remote_code)
+    if config is None:
+        return None, None
     kwargs = dict(trust_remote_code=trust_remote_code)
     try:
         if Path(name).is_dir():
-            return AutoConfig.from_pretrained(name, **kwargs), _local_tokenizer(name, kwargs)
-        return (AutoConfig.from_pretrained(name, local_files_only=True, **kwargs),
-                AutoTokenizer.from_pretrained(name, local_files_only=True, **kwargs))
-    except Exception:  # best effort: any failure here is reported by load_model, as one line
+            return config, _local_tokenizer(name, kwargs)
+        return config, AutoTokenizer.from_pretrained(name, local_files_only=True, **kwargs)
+    except Exception:  # best effort, as above
         return None, None
 
 

@@ -15,7 +15,7 @@ from typing import ClassVar
 from rg_tracer.errors import UserError
 from rg_tracer.options import EVALUATION, INPUTS, MACHINE, RUN_DIR, SAMPLING, RunOptions, opt, redefault
 
-__all__ = ["TrainConfig", "parse_betas", "format_floats"]
+__all__ = ["TrainConfig", "parse_betas", "format_floats", "largest_divisor"]
 
 STEPS, OPTIMIZER, OBJECTIVE, GROKKING = "Steps and batches", "Optimizer", "DAPO objective", "Grokking diagnostics"
 LORA = "LoRA adapters"
@@ -49,7 +49,8 @@ def _parse_names(value) -> tuple[str, ...]:
     return tuple(dict.fromkeys(p for p in (str(p).strip() for p in parts) if p))
 
 
-def _largest_divisor(n: int, at_most: int) -> int:
+def largest_divisor(n: int, at_most: int) -> int:
+    """The largest divisor of ``n`` not above ``at_most`` (1 at least): a fix to suggest."""
     return max((d for d in range(1, min(n, at_most) + 1) if n % d == 0), default=1)
 
 
@@ -162,7 +163,7 @@ class TrainConfig(RunOptions):
             (not self.micro_batch_size or (self.batch_size * self.group_size) % self.micro_batch_size == 0,
              f"--micro-batch-size {self.micro_batch_size} does not divide the {self.batch_size * self.group_size} "
              f"completions of a step (--batch-size {self.batch_size} x --group-size {self.group_size}); use a divisor "
-             f"such as {_largest_divisor(self.batch_size * self.group_size, self.micro_batch_size)}"),
+             f"such as {largest_divisor(self.batch_size * self.group_size, self.micro_batch_size)}"),
             (self.dtype != "float16",
              "--dtype float16: training in float16 needs a loss scaler, which rg-tracer has not (small fp16 "
              "gradients underflow to 0); use --dtype bfloat16 (the same memory, float32's range) or float32"),

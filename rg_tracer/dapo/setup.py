@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rg_tracer.dapo.config import TrainConfig
+from rg_tracer.dapo.config import TrainConfig, largest_divisor
 from rg_tracer.errors import UserError
 from rg_tracer.models import check_context, load_model, saved_config
 from rg_tracer.runtime.checkpoint import (
@@ -72,7 +72,7 @@ def _check_world(config: TrainConfig, inputs: RunInputs) -> None:
                         f"groups of --group-size completions; use a multiple of {w}")
     rows = config.batch_size * config.group_size // w  # the completions each process holds
     if w > 1 and config.micro_batch_size and rows % config.micro_batch_size:
-        fits = max(d for d in range(1, min(rows, config.micro_batch_size) + 1) if rows % d == 0)
+        fits = largest_divisor(rows, config.micro_batch_size)
         raise UserError(f"--micro-batch-size {config.micro_batch_size} does not divide the {rows} completions each of "
                         f"{w} processes holds (--batch-size {config.batch_size} x --group-size {config.group_size} / "
                         f"{w}); use a divisor of {rows}, such as {fits}")

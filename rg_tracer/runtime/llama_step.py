@@ -45,9 +45,10 @@ def full_attention(config) -> bool:
 def supports_llama_step(model) -> bool:
     """Llama/Qwen2 with full attention, a static rotary table and plain modules.
 
-    Plain: every projection is exactly ``nn.Linear`` and no module has hooks or a forward
-    patched onto the instance, so a LoRA or quantisation wrapper, an accelerate offload
-    hook or a user's patch keeps the model's own forward instead of being silently bypassed.
+    Plain: every projection is exactly ``nn.Linear`` (on CPU, or a vanilla peft LoRA layer over
+    one, folded in: item 5) and no module has hooks or a forward patched onto the instance, so a
+    quantisation wrapper, another adapter kind, an accelerate offload hook or a user's patch
+    keeps the model's own forward instead of being silently bypassed.
     (A patch to a class's ``forward`` cannot be seen: ``--no-lean-sampler`` is for that.)
     """
     config = model.config

@@ -45,8 +45,8 @@ from rg_tracer.runtime.policy_adapter import HFPolicyAdapter
 from rg_tracer.runtime.precision import FLOAT32, Precision
 
 __all__ = ["require_peft", "add_adapters", "load_adapters", "linear_layer_names", "adapted_layer_names",
-           "base_dtype", "describe", "adapter_dropout", "AdapterOffReference", "AdapterMismatch", "lora_config",
-           "ADAPTER_CONFIG", "ADAPTER_WEIGHTS"]
+           "base_dtype", "describe", "adapter_dropout", "dropout_modules", "AdapterOffReference", "AdapterMismatch",
+           "lora_config", "ADAPTER_CONFIG", "ADAPTER_WEIGHTS"]
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -233,7 +233,9 @@ def describe(peft_model, config) -> dict:
     }
 
 
-def _dropouts(model) -> list[torch.nn.Module]:
+def dropout_modules(model) -> list[torch.nn.Module]:
+    """The adapters' dropout modules of ``model`` (none without adapters or dropout): found once,
+    when a policy is built, not on every training forward."""
     found = []
     for module in model.modules():
         dropout = getattr(module, "lora_dropout", None)
@@ -243,12 +245,11 @@ def _dropouts(model) -> list[torch.nn.Module]:
 
 
 @contextlib.contextmanager
-def adapter_dropout(model):
-    """Inside: the adapters' dropout modules of ``model`` in train mode (item 4); the rest of the
-    model keeps its mode. A no-op without adapters or dropout. Used by the training forward alone
+def adapter_dropout(modules: list[torch.nn.Module]):
+    """Inside: the adapters' dropout ``modules`` (:func:`dropout_modules`) in train mode (item 4);
+    the rest of the model keeps its mode. A no-op for an empty list. Used by the training forward alone
     (``logprobs_with_entropy``), also when ``--micro-batch-size``'s values pass runs it without
     gradients: that pass must draw the same masks as the gradient pass it stands in for."""
-    modules = _dropouts(model)
     for module in modules:
         module.train()
     try:

@@ -108,6 +108,9 @@ class HFPolicyAdapter(Policy):
         self.last_entropy: float | None = None
         self._primed: tuple | None = None
         self._overhead: float | None = None  # a forward's fixed cost in positions (length_groups)
+        from rg_tracer.runtime.lora import dropout_modules  # lora imports this module
+
+        self._lora_dropouts = dropout_modules(model)  # --lora-dropout's modules (usually none)
 
     @property
     def device(self) -> torch.device:
@@ -164,7 +167,7 @@ class HFPolicyAdapter(Policy):
         as ``last_entropy``. LoRA adapters' dropout (``--lora-dropout``) acts here, and only here."""
         from rg_tracer.runtime.lora import adapter_dropout
 
-        with adapter_dropout(self.model):
+        with adapter_dropout(self._lora_dropouts):
             logp, entropy = self._logprobs_and_entropy(actions, inputs, self.train_model)
         self.last_entropy = float(entropy.detach())
         return logp, entropy
