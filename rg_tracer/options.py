@@ -87,6 +87,8 @@ class RunOptions:
     dtype: str = opt("auto", "Compute dtype: auto (the model's saved dtype), float32, bfloat16 or float16. Half precision runs forward passes under torch.autocast and keeps fp32 master weights and optimizer state, unless --pure-dtype (docs/models.md).", MACHINE,
                      metavar="[auto|float32|bfloat16|float16]")
     pure_dtype: bool = opt(False, "Keep the weights (and AdamW's state) in --dtype itself instead of fp32 masters: half the memory, but an update smaller than the dtype's resolution is lost (a bf16 weight near 1.0 ignores changes below 0.004).", MACHINE)
+    cpu_gemm: str = opt("auto", "Kernels of float32 linear layers on a CPU: onednn (PyTorch's oneDNN), aten (torch's default BLAS, MKL in the PyPI wheels) or auto (onednn on x86 CPUs not made by Intel, where MKL's float32 products ran at half oneDNN's speed on an AMD EPYC; aten elsewhere, Intel included: not measured there). The results agree to float rounding (docs/performance.md).", MACHINE,
+                        metavar="[auto|onednn|aten]")
     threads: int | None = opt(None, "torch CPU threads. Default: 1 on CPU for models under 20M parameters, whose ops are too small to share across threads (measured on 2 busy cores: the demo's 137k-parameter model took 14x the CPU time per step with 2 threads), else torch's default. The 20M bound is not measured: on 2 cores a 25M model still took 2.1x the CPU time with 2 threads, so pass --threads 1 there.", MACHINE)
     trust_remote_code: bool = opt(False, "Allow model code from the hub to run (only for models you trust).", MACHINE)
     progress: bool = opt(True, "Show a progress bar.", MACHINE)
@@ -96,10 +98,12 @@ class RunOptions:
     #: Options a resumed run may change: they do not change the trajectory of the weights.
     RESUME_MAY_DIFFER: ClassVar[tuple[str, ...]] = (
         "eval_dataset", "lean_sampler", "eval_every", "eval_samples", "output_dir", "overwrite",
-        "device", "threads", "trust_remote_code", "progress",
+        "device", "cpu_gemm", "threads", "trust_remote_code", "progress",
     )
     #: Values of --dtype (auto: the model's saved dtype).
     DTYPES: ClassVar[tuple[str, ...]] = ("auto", "float32", "bfloat16", "float16")
+    #: Values of --cpu-gemm.
+    CPU_GEMMS: ClassVar[tuple[str, ...]] = ("auto", "onednn", "aten")
     #: Options a resumed run can never change (its checkpoint's state was built with them).
     RESUME_FIXED: ClassVar[tuple[str, ...]] = ()
     #: Float options where inf has a meaning; every other float option must be finite. Their
@@ -124,6 +128,7 @@ class RunOptions:
             (self.eval_samples >= 0, f"--eval-samples {self.eval_samples} must be >= 0"),
             (self.threads is None or self.threads >= 1, f"--threads {self.threads} must be >= 1"),
             (self.dtype in self.DTYPES, f"--dtype {self.dtype!r} is not one of {', '.join(self.DTYPES)}"),
+            (self.cpu_gemm in self.CPU_GEMMS, f"--cpu-gemm {self.cpu_gemm!r} is not one of {', '.join(self.CPU_GEMMS)}"),
             (not self.pure_dtype or self.dtype not in ("float32",),
              "--pure-dtype keeps the weights in --dtype; with --dtype float32 it changes nothing: pass --dtype "
              "bfloat16 (or drop --pure-dtype)"),

@@ -4,6 +4,8 @@ import pytest
 import torch
 import transformers as tf
 
+from rg_tracer.runtime import cpu_gemm
+from rg_tracer.runtime.cpu_gemm import onednn_linear_works
 from rg_tracer.runtime.decode import supports_cached_decode
 from rg_tracer.runtime.policy_adapter import HFPolicyAdapter
 from rg_tracer.runtime.llama_step import LlamaStep, supports_llama_step
@@ -45,8 +47,11 @@ def _prompts():
 
 @pytest.mark.parametrize("kind", ["qwen2-gqa", "llama-bias"])
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 0.1)])
-@pytest.mark.parametrize("transpose_copy", [True, False], ids=["packed", "views"])  # views: the GPU layout
-def test_step_logits_match_full_forward(kind, dtype, tol, transpose_copy):
+@pytest.mark.parametrize("layout", ["onednn", "copy", "views"])  # views: the GPU layout
+def test_step_logits_match_full_forward(kind, dtype, tol, layout, monkeypatch):
+    if layout == "onednn" and (dtype != torch.float32 or not onednn_linear_works()):
+        pytest.skip("oneDNN's layout is for float32 on a torch build that has it")
+    monkeypatch.setattr(cpu_gemm, "MIN_MACS_PACKED", 0)  # these small projections too
     model = _model(kind, dtype)
     assert supports_llama_step(model)
     ids, mask = _prompts()
@@ -55,8 +60,9 @@ def test_step_logits_match_full_forward(kind, dtype, tol, transpose_copy):
     with torch.inference_mode():
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
-        step = LlamaStep(model, cache, mask, max_new_tokens=new.shape[1], transpose_copy=transpose_copy)
+        step = LlamaStep(model, cache, mask, max_new_tokens=new.shape[1], layout=layout)
         got = torch.stack([step(new[:, t]) for t in range(new.shape[1])], 1).float()
+        assert {step.layers[0][i].layout for i in (2, 3, 6, 7)} == {layout}  # qkv, o, gate/up, down
         full_ids, full_mask = torch.cat([ids, new], 1), torch.cat([mask, torch.ones_like(new)], 1)
         want = model(input_ids=full_ids, attention_mask=full_mask,
                      position_ids=(full_mask.cumsum(-1) - 1).clamp(min=0)).logits[:, ids.shape[1]:].float()
@@ -135,10 +141,10 @@ def test_view_layout_shares_the_models_weights():
     cache = tf.DynamicCache(config=model.config)
     with torch.inference_mode():
         model(input_ids=ids, attention_mask=mask, cache=cache, use_cache=True)
-        step = LlamaStep(model, cache, mask, max_new_tokens=2, transpose_copy=False)
+        step = LlamaStep(model, cache, mask, max_new_tokens=2, layout="views")
     params = {p.data_ptr() for p in model.parameters()}
-    packed = [layer[i] for layer in step.layers for i in (2, 4, 8, 10)] + [step.lm_head]  # qkv, o, gate/up, down
-    matrices = [m for w in packed for m in (w if isinstance(w, tuple) else (w,))]
+    projections = [layer[i] for layer in step.layers for i in (2, 3, 6, 7)] + [step.lm_head]  # qkv, o, gate/up, down
+    matrices = [m for proj in projections for m in proj.weight]
     assert len(matrices) == 2 * (3 + 1 + 2 + 1) + 1
     assert all(m.data_ptr() in params for m in matrices)
 

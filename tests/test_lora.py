@@ -307,7 +307,8 @@ def test_two_processes_train_the_adapters_as_one_does(tmp_path, tiny_model_dir):
     for a, b in zip(steps_of(one), steps_of(two), strict=True):
         assert b["rl"]["loss"] == pytest.approx(a["rl"]["loss"], rel=1e-5, abs=1e-6)
         assert (a["rl"]["kl"] is None) == (b["rl"]["kl"] is None)
-    assert max_difference(w2, w2b) == 0.0 and max_difference(w1, w2) < 1e-6
+    # to float rounding at lr 1e-2, as test_two_processes_equal_one_with_seed_per_prompt (1.3e-6 seen on an AMD EPYC)
+    assert max_difference(w2, w2b) == 0.0 and max_difference(w1, w2) < 1e-5
     assert any(bool(w1[k].abs().sum()) for k in w1 if "lora_B" in k)
 
 

@@ -80,7 +80,8 @@ class DAPOHybridTrainer(TrainerState, StepFailures):
         cfg = self.config = run.config
         self.run = run
         self.dist = run.dist
-        self.policy = HFPolicyAdapter(run.model, run.tokenizer, lean_sampler=cfg.lean_sampler, precision=run.precision)
+        self.policy = HFPolicyAdapter(run.model, run.tokenizer, lean_sampler=cfg.lean_sampler, precision=run.precision,
+                                      cpu_gemm=cfg.cpu_gemm)
         self.policy.train_model = wrap_for_gradients(run.model, self.dist)
         adam = adamw(run.model, cfg.learning_rate, cfg.weight_decay, cfg.betas, cfg.no_decay)
         tracks_slow = cfg.grokfast_lambda > 0 or cfg.diag_every > 0
@@ -91,10 +92,11 @@ class DAPOHybridTrainer(TrainerState, StepFailures):
         # on resume the KL reference is the original model, not the checkpoint; with --lora it is
         # the base model, i.e. this one with the adapters off (no copy)
         reference = (HFPolicyAdapter(run.reference_model.requires_grad_(False), run.tokenizer,
-                                     precision=run.precision)
+                                     precision=run.precision, cpu_gemm=cfg.cpu_gemm)
                      if run.reference_model is not None else None)
         if run.peft_model is not None and cfg.kl_coef > 0:
-            reference = AdapterOffReference(run.peft_model, run.tokenizer, precision=run.precision)
+            reference = AdapterOffReference(run.peft_model, run.tokenizer, precision=run.precision,
+                                            cpu_gemm=cfg.cpu_gemm)
         self.dapo = dapo_trainer(self.policy, self.optimizer, cfg, run.mixer, reference)
         use_micro_batch(cfg.micro_batch_size, self.policy, self.dapo.ref_policy)  # chunked sampling, no-grad forwards
         self.trackers = synchronise(self.dapo, self.dist)

@@ -113,7 +113,7 @@ class EggrollSearch:
     def __init__(self, run: EggrollRun) -> None:
         self.run, self.config = run, run.config
         self.policy = HFPolicyAdapter(run.model, run.tokenizer, lean_sampler=run.config.lean_sampler,
-                                      precision=run.precision)
+                                      precision=run.precision, cpu_gemm=run.config.cpu_gemm)
         self.dist = run.dist
         self.logger = JsonlLogger(run.log_path, enabled=self.dist.is_main)
         self.generation = 0

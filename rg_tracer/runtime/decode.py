@@ -24,7 +24,8 @@ import inspect
 import torch
 import transformers
 
-from rg_tracer.runtime.llama_step import LlamaStep, full_attention, supports_llama_step
+from rg_tracer.runtime.cpu_gemm import resolve_cpu_gemm
+from rg_tracer.runtime.llama_step import LlamaStep, default_layout, full_attention, supports_llama_step
 
 __all__ = ["supports_cached_decode", "cached_decode"]
 
@@ -44,11 +45,12 @@ def supports_cached_decode(model) -> bool:
 
 def cached_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
                   eos_token_id: int, pad_token_id: int, temperature: float = 1.0,
-                  greedy: bool = False, token_logprobs: list | None = None) -> torch.Tensor:
+                  greedy: bool = False, token_logprobs: list | None = None, gemm: str = "auto") -> torch.Tensor:
     """Completion tokens, (N, n) with n <= ``max_new_tokens``; ``pad_token_id`` after EOS.
     ``token_logprobs``, when given a list, receives each position's (N,) log-probability of the
     drawn token under the distribution it was drawn from (what a sampler-side importance ratio
-    or a check against the training forward needs)."""
+    or a check against the training forward needs). ``gemm``: ``--cpu-gemm``, for the decode
+    step's weight layout (:func:`~rg_tracer.runtime.llama_step.default_layout`)."""
     from transformers import DynamicCache
 
     cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
@@ -61,7 +63,8 @@ def cached_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
                     position_ids=position_ids, use_cache=True, logits_to_keep=1, **{cache_kw: cache})
         logits = out.logits[:, -1]
         if supports_llama_step(model):
-            advance = LlamaStep(model, cache, attention_mask, max_new_tokens)
+            layout = default_layout(model.model.embed_tokens.weight, resolve_cpu_gemm(gemm))
+            advance = LlamaStep(model, cache, attention_mask, max_new_tokens, layout)
         else:
             advance = _ModelStep(model, cache, cache_kw, attention_mask, position_ids, max_new_tokens)
         tokens = input_ids.new_full((b, max_new_tokens), pad_token_id)

@@ -15,11 +15,13 @@ How it departs from upstream's ``integration.hf_lm`` (which crashes on step 1):
 5. ``clone()`` returns a frozen, eval-mode copy for the KL reference.
 6. Every forward (training, sampling, evaluation, the KL reference) runs under the run's
    :class:`~rg_tracer.runtime.precision.Precision` (``--dtype``): autocast in half precision
-   over float32 weights, or nothing.
+   over float32 weights, or nothing; in float32 on a CPU, with its linear layers on the kernels
+   ``--cpu-gemm`` names (:mod:`rg_tracer.runtime.cpu_gemm`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from gepa_dapo_grn.policy_interfaces import Policy, PolicyOutput
 
+from rg_tracer.runtime.cpu_gemm import linear_kernels, resolve_cpu_gemm
 from rg_tracer.runtime.decode import cached_decode, supports_cached_decode
 from rg_tracer.runtime.length_groups import length_groups, overhead_positions
 from rg_tracer.runtime.precision import FLOAT32, Precision
@@ -93,9 +96,10 @@ class HFPolicyAdapter(Policy):
     micro_batch: int = 0
 
     def __init__(self, model: torch.nn.Module, tokenizer, lean_sampler: bool = True,
-                 precision: Precision = FLOAT32) -> None:
+                 precision: Precision = FLOAT32, cpu_gemm: str = "auto") -> None:
         super().__init__()
         self.precision = precision
+        self.gemm = resolve_cpu_gemm(cpu_gemm)  # onednn or aten: the CPU kernels of fp32 linears
         self.model = model
         # the module gradient forwards go through: the model, or its DistributedDataParallel
         # wrapper under torchrun (sampling, evaluation, clone() and saving use the bare model)
@@ -126,7 +130,14 @@ class HFPolicyAdapter(Policy):
 
     def clone(self) -> "HFPolicyAdapter":
         ref = copy.deepcopy(self.model).eval().requires_grad_(False)
-        return HFPolicyAdapter(ref, self.tokenizer, self.lean_sampler, self.precision)
+        return HFPolicyAdapter(ref, self.tokenizer, self.lean_sampler, self.precision, self.gemm)
+
+    def computing(self, device) -> contextlib.AbstractContextManager:
+        """The context every forward runs in: autocast for ``--dtype`` (:class:`Precision`), else
+        for float32 on a CPU the linear layers' kernels (``--cpu-gemm``, :mod:`rg_tracer.runtime.cpu_gemm`)."""
+        if self.precision.autocast:
+            return self.precision.context(device)
+        return linear_kernels(self.gemm, device)
 
     def logprobs(self, actions: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
         """Mean completion-token log-prob per sequence, (N,), from raw logits.
@@ -204,7 +215,7 @@ class HFPolicyAdapter(Policy):
         c = actions.shape[1]
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         kwargs = {"logits_to_keep": c + 1} if self._keep_logits else {}
-        with self.precision.context(input_ids.device):
+        with self.computing(input_ids.device):
             logits = model(
                 input_ids=input_ids, attention_mask=attention_mask,
                 position_ids=position_ids, use_cache=False, **kwargs,
@@ -247,14 +258,14 @@ class HFPolicyAdapter(Policy):
         """One generation call over these (already repeated) prompt rows."""
         tok = self.tokenizer
         if self._cached_decode:
-            with self.precision.context(self.device):
+            with self.computing(self.device):
                 actions = cached_decode(self.model, prompt_ids, prompt_mask, max_new_tokens, tok.eos_token_id,
-                                        tok.pad_token_id, temperature, greedy)
+                                        tok.pad_token_id, temperature, greedy, gemm=self.gemm)
             return self._rollout(prompt_ids, prompt_mask, actions)
         sampling = {"do_sample": False} if greedy else {
             "do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0,
         }
-        with self.precision.context(self.device):
+        with self.computing(self.device):
             sequences = self.model.generate(
                 input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=max_new_tokens,
                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **sampling,
