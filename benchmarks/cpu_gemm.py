@@ -9,11 +9,15 @@ q/k/v 768x256, o 256x256, gate/up 2048x256, down 256x1024), one thread, in one p
 
 * per row count, GFLOP/s of the training products -- the forward ``X Wᵀ``, the backward's
   ``dY W`` and ``dYᵀ X`` -- through aten (``F.linear``, ``@``) and through oneDNN as
-  ``rg_tracer.runtime.cpu_gemm`` calls it (plain weight layout, transposed views);
+  ``rg_tracer.runtime.cpu_gemm`` calls it (plain weight layout, transposed views, rows in
+  chunks of ``CHUNK`` padded to ``rows_of``), and oneDNN unchunked;
 * the decode step's products (16 rows by default) through aten on an (in, out) copy, the
   ``copy`` layout, and through oneDNN on weights packed for that row count (``onednn``);
 * the benchmark model's forward + backward over 16 x 68 positions (a training step's batch at
-  its widest) under each kernel, and the largest relative difference of their gradients.
+  its widest) under each kernel, and the largest relative difference of their gradients;
+* resident memory added by 200 forward and weight-gradient products at 200 different row
+  counts (as length groups produce), through ``cpu_gemm`` and through unchunked oneDNN calls,
+  whose per-shape kernels oneDNN keeps with their scratch memory.
 
 Each figure is the median of ``--repeats`` timings; the two sides alternate. The ratios,
 oneDNN over aten, are what to compare across machines: ``docs/performance.md`` lists them.
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import statistics
 import sys
 import time
@@ -50,6 +55,8 @@ def products(rows: int, repeats: int) -> dict:
     import torch
     import torch.nn.functional as F
 
+    from rg_tracer.runtime.cpu_gemm import linear, weight_grad
+
     lp = torch.ops.mkldnn._linear_pointwise
     ws = [torch.randn(o, i) for o, i in SHAPES]
     xs = [torch.randn(rows, i) for _, i in SHAPES]
@@ -58,16 +65,46 @@ def products(rows: int, repeats: int) -> dict:
     inner = max(1, 2000 // rows)
     arms = {
         "forward": (lambda: [F.linear(x, w) for x, w in zip(xs, ws)],
+                    lambda: [linear(x, w) for x, w in zip(xs, ws)],
                     lambda: [lp(x, w, None, "none", [], "") for x, w in zip(xs, ws)]),
         "dY W": (lambda: [g @ w for g, w in zip(gs, ws)],
+                 lambda: [linear(g, w.t()) for g, w in zip(gs, ws)],
                  lambda: [lp(g, w.t(), None, "none", [], "") for g, w in zip(gs, ws)]),
         "dYt X": (lambda: [g.t() @ x for g, x in zip(gs, xs)],
+                  lambda: [weight_grad(g, x) for g, x in zip(gs, xs)],
                   lambda: [lp(g.t(), x.t(), None, "none", [], "") for g, x in zip(gs, xs)]),
     }
     out = {}
-    for name, (aten, onednn) in arms.items():
-        a, o = timed(aten, repeats, inner), timed(onednn, repeats, inner)
-        out[name] = {"aten_gflops": flops / a / 1e9, "onednn_gflops": flops / o / 1e9, "ratio": a / o}
+    for name, (aten, onednn, whole) in arms.items():
+        a, o, w = timed(aten, repeats, inner), timed(onednn, repeats, inner), timed(whole, repeats, inner)
+        out[name] = {"aten_gflops": flops / a / 1e9, "onednn_gflops": flops / o / 1e9,
+                     "unchunked_gflops": flops / w / 1e9, "ratio": a / o}
+    return out
+
+
+def resident_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def cache_growth(counts: int = 200) -> dict:
+    """Resident MiB added by a forward and a weight gradient at ``counts`` row counts (gate/up's
+    2048 x 256 weight), through ``cpu_gemm`` and through unchunked oneDNN calls."""
+    import torch
+
+    from rg_tracer.runtime.cpu_gemm import linear, weight_grad
+
+    lp = torch.ops.mkldnn._linear_pointwise
+    w = torch.randn(2048, 256)
+    out = {}
+    for name, fwd, wgrad in (("cpu_gemm", lambda x: linear(x, w), weight_grad),
+                             ("unchunked", lambda x: lp(x, w, None, "none", [], ""),
+                              lambda g, x: lp(g.t(), x.t(), None, "none", [], ""))):
+        before = resident_mib()
+        for n in range(301, 301 + counts):
+            x, g = torch.randn(n, 256), torch.randn(n, 2048)
+            fwd(x), wgrad(g, x)
+        out[name] = resident_mib() - before
     return out
 
 
@@ -139,11 +176,12 @@ def main(argv=None) -> int:
         print("this torch build has no working oneDNN float32 linear: nothing to compare")
         return 1
     result = {"environment": env, "mkl": torch.backends.mkl.is_available(), "products": {}}
-    print(f"\n{'rows':>5} {'product':8} {'aten GF/s':>10} {'oneDNN GF/s':>12} {'oneDNN/aten':>12}")
+    print(f"\n{'rows':>5} {'product':8} {'aten GF/s':>10} {'oneDNN GF/s':>12} {'oneDNN/aten':>12} {'unchunked GF/s':>15}")
     for rows in [int(r) for r in a.rows.split(",")]:
         result["products"][rows] = products(rows, a.repeats)
         for name, r in result["products"][rows].items():
-            print(f"{rows:5d} {name:8} {r['aten_gflops']:10.0f} {r['onednn_gflops']:12.0f} {r['ratio']:11.2f}x")
+            print(f"{rows:5d} {name:8} {r['aten_gflops']:10.0f} {r['onednn_gflops']:12.0f} {r['ratio']:11.2f}x "
+                  f"{r['unchunked_gflops']:15.0f}")
     d = result["decode"] = decode(a.decode_rows, a.repeats)
     print(f"\ndecode step, {d['rows']} rows, one layer's four products: aten on an (in, out) copy "
           f"{d['aten_us']:.0f} us, oneDNN packed {d['onednn_us']:.0f} us: {d['ratio']:.2f}x "
@@ -152,6 +190,9 @@ def main(argv=None) -> int:
     print(f"4.2M Qwen2 forward + backward, 16 x 68 positions: aten {m['aten_ms']:.0f} ms, oneDNN "
           f"{m['onednn_ms']:.0f} ms: {m['ratio']:.2f}x; largest relative gradient difference "
           f"{m['max_rel_grad_diff']:.1e}")
+    c = result["cache_growth_mib"] = cache_growth()
+    print(f"resident memory added by 200 row counts (forward + weight gradient, 2048 x 256): through "
+          f"cpu_gemm {c['cpu_gemm']:.0f} MiB, unchunked oneDNN calls {c['unchunked']:.0f} MiB")
     if a.json:
         pc.write_json(a.json, result)
     return 0

@@ -42,7 +42,7 @@ from torch.overrides import TorchFunctionMode
 from rg_tracer.errors import UserError
 from rg_tracer.options import RunOptions
 
-__all__ = ["onednn_linear_works", "resolve_cpu_gemm", "OneDNNLinears", "linear_kernels", "linear", "rows_of"]
+__all__ = ["onednn_linear_works", "resolve_cpu_gemm", "OneDNNLinears", "linear_kernels", "linear", "weight_grad", "rows_of"]
 
 
 #: Rows per oneDNN call: longer inputs are cut into chunks of this many (see :func:`rows_of`).
@@ -101,7 +101,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return out
 
 
-def _weight_grad(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def weight_grad(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``gᵀ @ x`` (2-D, rows matching), summed over chunks of :func:`rows_of` rows (zero rows add nothing)."""
     total = None
     for start in range(0, g.shape[0], CHUNK):
@@ -178,7 +178,7 @@ class _Linear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             dx = linear(g, weight.t()).view(x.shape)  # g @ W
         if ctx.needs_input_grad[1]:
-            dw = _weight_grad(g, x.reshape(-1, x.shape[-1]))  # gᵀ @ X
+            dw = weight_grad(g, x.reshape(-1, x.shape[-1]))  # gᵀ @ X
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = g.sum(0)
         return dx, dw, db
