@@ -11,7 +11,7 @@ from rg_tracer.errors import UserError
 from rg_tracer.runtime import cpu_gemm
 from rg_tracer.runtime.cpu_gemm import OneDNNLinears, linear_kernels, onednn_linear_works, resolve_cpu_gemm
 from rg_tracer.runtime.policy_adapter import HFPolicyAdapter
-from tests.helpers import TOY, MIXER, assert_one_line_error, invoke
+from tests.helpers import TOY, MIXER, assert_one_line_error, config, invoke, read_log
 
 needs_onednn = pytest.mark.skipif(not onednn_linear_works(), reason="this torch build has no oneDNN fp32 linear")
 
@@ -106,10 +106,13 @@ def test_resolve_cpu_gemm(monkeypatch):
 
 
 @needs_onednn
-def test_policy_training_forward_agrees_across_kernels(tiny_model_dir, any_size):
+def test_policy_training_forward_agrees_across_kernels(tiny_model_dir, any_size, monkeypatch):
     """The same model's log-probs, entropy and gradients through both kernels."""
     from rg_tracer.models import load_model
 
+    calls = []
+    apply = cpu_gemm._Linear.apply
+    monkeypatch.setattr(cpu_gemm._Linear, "apply", lambda *args: calls.append(1) or apply(*args))
     model, tok = load_model(str(tiny_model_dir("qwen2")))
     rollout = HFPolicyAdapter(model, tok, cpu_gemm="aten").sample(["1+2=", "13+24="], 3, 6)
     results = {}
@@ -119,7 +122,8 @@ def test_policy_training_forward_agrees_across_kernels(tiny_model_dir, any_size)
         assert policy.gemm == gemm
         logp, entropy = policy.logprobs_with_entropy(rollout.actions, **rollout.inputs)
         (logp.sum() + entropy).backward()
-        assert logp.grad_fn is not None
+        assert bool(calls) == (gemm == "onednn")
+        calls.clear()
         results[gemm] = (logp.detach(), entropy.detach(), [p.grad.clone() for p in model.parameters()])
     (la, ea, ga), (lo, eo, go) = results["aten"], results["onednn"]
     assert _close(lo, la) and _close(eo, ea)
@@ -133,6 +137,18 @@ def test_cpu_gemm_option_refuses_an_unknown_kernel(tmp_path, tiny_model_dir):
                     "--no-progress", "--output-dir", out, "--cpu-gemm", "mkl")
     assert_one_line_error(result, "--cpu-gemm 'mkl' is not one of auto, onednn, aten")
     assert not out.exists()
+
+
+def test_models_too_small_for_onednn_keep_aten_without_the_mode(tiny_model_dir):
+    from rg_tracer.models import load_model
+
+    model, tok = load_model(str(tiny_model_dir("qwen2")))  # hidden 32: every product is small
+    assert not cpu_gemm.gains(model)
+    assert not isinstance(HFPolicyAdapter(model, tok, cpu_gemm="aten").computing("cpu"), OneDNNLinears)
+    if onednn_linear_works():
+        assert not isinstance(HFPolicyAdapter(model, tok, cpu_gemm="onednn").computing("cpu"), OneDNNLinears)
+        wide = torch.nn.Sequential(torch.nn.Linear(256, 256))
+        assert cpu_gemm.gains(wide) and isinstance(linear_kernels("onednn", "cpu", wide), OneDNNLinears)
 
 
 def test_decode_layout_follows_the_kernel_choice(tiny_model_dir):
@@ -164,3 +180,12 @@ def test_strided_inputs_and_expanded_gradients(any_size):
     with OneDNNLinears():
         F.linear(x, w, b).sum().backward()
     assert _close(w.grad, torch.ones(10, 3).t() @ x.reshape(-1, 7)) and _close(b.grad, torch.full((3,), 10.0))
+
+
+@pytest.mark.parametrize("choice", ["auto", "aten"])
+def test_the_run_record_names_the_kernels(tmp_path, tiny_model_dir, choice):
+    from rg_tracer.dapo.trainer import train
+
+    trainer = train(config(tmp_path, tiny_model_dir("qwen2"), cpu_gemm=choice, max_steps=1, eval_every=0))
+    run = read_log(trainer.run.log_path)[0]
+    assert run["model"]["cpu_gemm"] == resolve_cpu_gemm(choice) and run["config"]["cpu_gemm"] == choice

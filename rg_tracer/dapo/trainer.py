@@ -260,7 +260,7 @@ class DAPOHybridTrainer(TrainerState, StepFailures):
         start = self.step
         lora = {"lora": describe_lora(run.peft_model, cfg)} if run.peft_model is not None else {}
         self.logger.stage("run", **run_record(cfg.to_dict(), run.model, run, run.resumed_from_step,
-                                              precision=run.precision.describe(), **lora))
+                                              precision=run.precision.describe(), cpu_gemm=self.policy.gemm, **lora))
         bar = progress_bar(cfg.max_steps, "train", cfg.progress and self.dist.is_main, initial=start)
         try:
             with self.stop:

@@ -204,6 +204,7 @@ class EggrollSearch:
         cfg, run = self.config, self.run
         self.logger.stage("run", **run_record(
             {**cfg.to_dict(), "method": "eggroll"}, run.model, run, None, precision=run.precision.describe(),
+            cpu_gemm=self.policy.gemm,
             perturbed_layers=len(run.layers),
             perturbed_parameters=sum(layer.out_features * layer.in_features for layer in run.layers)))
         bar = progress_bar(cfg.generations, "eggroll", cfg.progress and self.dist.is_main)

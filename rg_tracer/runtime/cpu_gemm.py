@@ -50,9 +50,12 @@ CHUNK = 128
 #: A oneDNN call costs ~10-20 us more than aten's, so small products stay on aten. Measured
 #: per call (one thread, AMD EPYC): with a plain weight and 128 rows, oneDNN won from ~1.5M
 #: multiply-adds for the forward and ``dY W`` and from ~4M for ``dYᵀ X`` (192 x 64 weight: 40 vs
-#: 58 us; 512 x 64: 131 vs 110 us); with a packed weight and 16 rows (a decode step), a hidden-64
-#: Qwen2 layer took 89 us on oneDNN and 39 on aten, hidden 128 about even, hidden 256 266 vs 528.
-MIN_MACS = 2**22
+#: 58 us; 512 x 64: 131 vs 110 us), yet the 137k-parameter benchmark Qwen2 (hidden 64, gate/up
+#: 512 x 64) trained 1-5 ms a step slower with its gate/up on oneDNN (three alternating 40-step
+#: CLI runs), so the bound is set above it: 64 Ki multiply-adds per row (a 256 x 256 weight).
+#: With a packed weight and 16 rows (a decode step), a hidden-64 Qwen2 layer took 89 us on
+#: oneDNN and 39 on aten, hidden 128 about even, hidden 256 266 vs 528.
+MIN_MACS = 2**23
 #: The same bound for a weight packed once for a decode step (``rg_tracer.runtime.llama_step``).
 MIN_MACS_PACKED = 2**20
 
@@ -83,6 +86,12 @@ def rows_of(n: int) -> int:
     a weight gradient, whose scratch is the largest, uses only the two multiples of 64.
     """
     return 1 << max(n - 1, 0).bit_length() if n <= 16 else -(-n // 64) * 64
+
+
+def gains(model: torch.nn.Module) -> bool:
+    """Whether any of ``model``'s linear layers is large enough for oneDNN (:func:`worth_it` with
+    full chunks); if none is, a forward need not run under :class:`OneDNNLinears` at all."""
+    return any(isinstance(m, torch.nn.Linear) and worth_it(CHUNK, m.weight.shape) for m in model.modules())
 
 
 def _padded(x: torch.Tensor, rows: int) -> torch.Tensor:
@@ -206,8 +215,9 @@ class OneDNNLinears(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def linear_kernels(gemm: str, device) -> contextlib.AbstractContextManager:
-    """The context a forward runs in for ``gemm`` (resolved: ``onednn`` or ``aten``) on ``device``."""
-    if gemm == "onednn" and torch.device(device).type == "cpu":
+def linear_kernels(gemm: str, device, model: torch.nn.Module | None = None) -> contextlib.AbstractContextManager:
+    """The context a forward (of ``model``, if given: nothing when it :func:`gains` nothing) runs in
+    for ``gemm`` (resolved: ``onednn`` or ``aten``) on ``device``."""
+    if gemm == "onednn" and torch.device(device).type == "cpu" and (model is None or gains(model)):
         return OneDNNLinears()
     return contextlib.nullcontext()

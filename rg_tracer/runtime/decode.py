@@ -24,7 +24,8 @@ import inspect
 import torch
 import transformers
 
-from rg_tracer.runtime.cpu_gemm import resolve_cpu_gemm
+from rg_tracer.runtime import cpu_gemm
+from rg_tracer.runtime.cpu_gemm import linear_kernels, resolve_cpu_gemm
 from rg_tracer.runtime.llama_step import LlamaStep, default_layout, full_attention, supports_llama_step
 
 __all__ = ["supports_cached_decode", "cached_decode"]
@@ -50,23 +51,26 @@ def cached_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     ``token_logprobs``, when given a list, receives each position's (N,) log-probability of the
     drawn token under the distribution it was drawn from (what a sampler-side importance ratio
     or a check against the training forward needs). ``gemm``: ``--cpu-gemm``, for the decode
-    step's weight layout (:func:`~rg_tracer.runtime.llama_step.default_layout`)."""
+    step's weight layout (:func:`~rg_tracer.runtime.llama_step.default_layout`) and the model's
+    own forwards (prefill, and every step of models without the plain-ops step)."""
     from transformers import DynamicCache
 
     cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     cache = DynamicCache(config=model.config)
     b = input_ids.shape[0]
+    gemm = resolve_cpu_gemm(gemm)
     with torch.inference_mode():
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         padded = not bool(attention_mask.all())
-        out = model(input_ids=input_ids, attention_mask=attention_mask if padded else None,
-                    position_ids=position_ids, use_cache=True, logits_to_keep=1, **{cache_kw: cache})
+        with linear_kernels(gemm, input_ids.device, model):
+            out = model(input_ids=input_ids, attention_mask=attention_mask if padded else None,
+                        position_ids=position_ids, use_cache=True, logits_to_keep=1, **{cache_kw: cache})
         logits = out.logits[:, -1]
         if supports_llama_step(model):
-            layout = default_layout(model.model.embed_tokens.weight, resolve_cpu_gemm(gemm))
+            layout = default_layout(model.model.embed_tokens.weight, gemm)
             advance = LlamaStep(model, cache, attention_mask, max_new_tokens, layout)
         else:
-            advance = _ModelStep(model, cache, cache_kw, attention_mask, position_ids, max_new_tokens)
+            advance = _ModelStep(model, cache, cache_kw, attention_mask, position_ids, max_new_tokens, gemm)
         tokens = input_ids.new_full((b, max_new_tokens), pad_token_id)
         held = torch.arange(b, device=input_ids.device)  # the batch rows the decode step holds
         live = torch.ones(b, dtype=torch.bool, device=input_ids.device)  # over held rows: no EOS yet
@@ -120,8 +124,9 @@ class _ModelStep:
     """``tokens (B,) -> logits (B, V)`` through the model's own forward and its cache."""
 
     def __init__(self, model, cache, cache_kw: str, key_mask: torch.Tensor, position_ids: torch.Tensor,
-                 max_new_tokens: int) -> None:
+                 max_new_tokens: int, gemm: str = "aten") -> None:
         self.model, self.cache_kw, self.cache = model, cache_kw, cache
+        self.gemm = gemm if cpu_gemm.gains(model) else "aten"
         b, self.filled = key_mask.shape
         self.position = position_ids[:, -1:]
         self.keys = None  # (B, P + n) real keys; only needed with left padding
@@ -132,5 +137,6 @@ class _ModelStep:
         self.position = self.position + 1
         self.filled += 1
         mask = None if self.keys is None else self.keys[:, None, None, :self.filled]  # one query sees every real key
-        return self.model(input_ids=tokens[:, None], attention_mask=mask, position_ids=self.position,
-                          use_cache=True, **{self.cache_kw: self.cache}).logits[:, -1]
+        with linear_kernels(self.gemm, tokens.device):
+            return self.model(input_ids=tokens[:, None], attention_mask=mask, position_ids=self.position,
+                              use_cache=True, **{self.cache_kw: self.cache}).logits[:, -1]

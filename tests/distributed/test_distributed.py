@@ -188,3 +188,24 @@ def test_ctrl_c_on_one_rank_stops_every_rank_after_the_same_step(tmp_path, tiny_
     last = records[-1]["step"]
     assert [c.name for c in (out / "checkpoints").iterdir()] == [f"step-{last:06d}"]
     assert [r["step"] for r in steps(records)] == list(range(1, last + 1))
+
+
+def test_two_processes_equal_one_with_onednn_linears(tmp_path):
+    """DDP over ``--cpu-gemm onednn``'s autograd function: a model wide enough (hidden 256) that
+    its training products go to oneDNN; two ranks' update equals one process's."""
+    from rg_tracer.models import TinyModelSpec, init_model
+    from rg_tracer.runtime.cpu_gemm import onednn_linear_works
+
+    if not onednn_linear_works():
+        pytest.skip("this torch build has no oneDNN float32 linear")
+    model = tmp_path / "wide"
+    init_model(model, TinyModelSpec(arch="qwen2", layers=1, hidden=256, heads=4, seed=1))
+    config = train_config(model, seed_per_prompt=True, cpu_gemm="onednn", eval_every=0, max_steps=2,
+                          learning_rate=1e-3)
+    two, (w2, w2b) = launch(tmp_path, "two", "train", **config)
+    one, (w1,) = launch(tmp_path, "one", "train", nproc=1, **config)
+    assert two[0]["model"]["cpu_gemm"] == one[0]["model"]["cpu_gemm"] == "onednn"
+    for a, b in zip(steps(one), steps(two), strict=True):
+        assert [g["completion"] for g in a["generation"]] == [g["completion"] for g in b["generation"]]
+        assert b["rl"]["loss"] == pytest.approx(a["rl"]["loss"], rel=1e-5, abs=1e-6)
+    assert max_difference(w2, w2b) == 0.0 and max_difference(w1, w2) < 1e-5
