@@ -4,10 +4,12 @@ Why: aten runs an fp32 ``F.linear`` (and its backward's two matrix products) on 
 BLAS sgemm, which in the PyTorch wheels is Intel MKL. MKL chooses its kernels by CPU vendor,
 and on AMD processors it runs its AVX2 code even where AVX-512 is there. Measured on an AMD
 EPYC with AVX-512, one thread, the matrix shapes of the 4.2M-parameter benchmark Qwen2
-(``benchmarks/cpu_gemm.py``): MKL did 85-94 GFLOP/s at 100-900 rows, forward and both
+(``benchmarks/cpu_gemm.py``): MKL did 75-97 GFLOP/s at 100-900 rows, forward and both
 backward products alike, and oneDNN -- the kernel library PyTorch ships and already uses for
-bf16 matrix products and for TorchInductor's CPU linears -- did 170-200; with 16 rows (a
-decode step) oneDNN took 260 us where MKL took 610. So on x86 CPUs not made by Intel
+bf16 matrix products and for TorchInductor's CPU linears -- did 175-220 in one call and
+140-180 as called here (chunks, below); with 16 rows (a decode step, packed weights) oneDNN
+took 213-265 us a layer where MKL took 455-610. The model's forward and backward over a
+training batch: 342 -> 230 ms. So on x86 CPUs not made by Intel
 ``--cpu-gemm auto`` runs a run's fp32 linear layers on oneDNN: the model's forward is
 unchanged, only the kernel under ``F.linear`` differs, and the results agree with aten's to
 float rounding (a relative 1e-6, ``tests/test_cpu_gemm.py``), as two BLAS libraries would. On
@@ -18,8 +20,10 @@ How: :class:`OneDNNLinears` is a :class:`torch.overrides.TorchFunctionMode` that
 forward runs inside it, sends each eligible ``F.linear`` call to :class:`_Linear` (an
 autograd function over ``torch.ops.mkldnn._linear_pointwise``: the forward, ``dY W`` and
 ``dYᵀ X``, the last two on transposed views, which oneDNN reads without a copy). Eligible: a
-float32 CPU input and weight (and bias), autocast off. Anything else runs aten's ``linear``
-as before. The weight is used in its plain layout: packing it into oneDNN's blocked layout
+float32 CPU input and weight (and bias), autocast off, and a product large enough to gain
+(:func:`worth_it`). Anything else runs aten's ``linear`` as before. Rows go to oneDNN in
+chunks padded to a few row counts (:func:`rows_of`: oneDNN keeps a kernel and its scratch
+memory per shape). The weight is used in its plain layout: packing it into oneDNN's blocked layout
 would be faster per product but is a copy per optimizer step; the decode step, which reuses
 its weights for every token, packs them (:mod:`rg_tracer.runtime.llama_step`).
 
