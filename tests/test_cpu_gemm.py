@@ -148,7 +148,8 @@ def test_models_too_small_for_onednn_keep_aten_without_the_mode(tiny_model_dir):
     if onednn_linear_works():
         assert not isinstance(HFPolicyAdapter(model, tok, cpu_gemm="onednn").computing("cpu"), OneDNNLinears)
         wide = torch.nn.Sequential(torch.nn.Linear(256, 256))
-        assert cpu_gemm.gains(wide) and isinstance(linear_kernels("onednn", "cpu", wide), OneDNNLinears)
+        assert cpu_gemm.gains(wide) and cpu_gemm.forward_gemm("onednn", wide) == "onednn"
+        assert cpu_gemm.forward_gemm("onednn", model) == cpu_gemm.forward_gemm("aten", wide) == "aten"
 
 
 def test_decode_layout_follows_the_kernel_choice(tiny_model_dir):

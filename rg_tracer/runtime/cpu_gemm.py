@@ -46,7 +46,8 @@ from torch.overrides import TorchFunctionMode
 from rg_tracer.errors import UserError
 from rg_tracer.options import RunOptions
 
-__all__ = ["onednn_linear_works", "resolve_cpu_gemm", "OneDNNLinears", "linear_kernels", "linear", "weight_grad", "rows_of"]
+__all__ = ["onednn_linear_works", "resolve_cpu_gemm", "OneDNNLinears", "linear_kernels", "forward_gemm", "linear",
+           "weight_grad", "rows_of"]
 
 
 #: Rows per oneDNN call: longer inputs are cut into chunks of this many (see :func:`rows_of`).
@@ -94,8 +95,14 @@ def rows_of(n: int) -> int:
 
 def gains(model: torch.nn.Module) -> bool:
     """Whether any of ``model``'s linear layers is large enough for oneDNN (:func:`worth_it` with
-    full chunks); if none is, a forward need not run under :class:`OneDNNLinears` at all."""
+    full chunks)."""
     return any(isinstance(m, torch.nn.Linear) and worth_it(CHUNK, m.weight.shape) for m in model.modules())
+
+
+def forward_gemm(gemm: str, model: torch.nn.Module) -> str:
+    """The kernels ``model``'s forwards run with for ``gemm`` (resolved): ``aten`` when no layer
+    :func:`gains` from oneDNN, so that a small model pays no :class:`OneDNNLinears` per op."""
+    return "onednn" if gemm == "onednn" and gains(model) else "aten"
 
 
 def _padded(x: torch.Tensor, rows: int) -> torch.Tensor:
@@ -219,9 +226,8 @@ class OneDNNLinears(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def linear_kernels(gemm: str, device, model: torch.nn.Module | None = None) -> contextlib.AbstractContextManager:
-    """The context a forward (of ``model``, if given: nothing when it :func:`gains` nothing) runs in
-    for ``gemm`` (resolved: ``onednn`` or ``aten``) on ``device``."""
-    if gemm == "onednn" and torch.device(device).type == "cpu" and (model is None or gains(model)):
+def linear_kernels(gemm: str, device) -> contextlib.AbstractContextManager:
+    """The context a forward runs in for ``gemm`` (resolved: ``onednn`` or ``aten``) on ``device``."""
+    if gemm == "onednn" and torch.device(device).type == "cpu":
         return OneDNNLinears()
     return contextlib.nullcontext()

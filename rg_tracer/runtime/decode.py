@@ -24,8 +24,7 @@ import inspect
 import torch
 import transformers
 
-from rg_tracer.runtime import cpu_gemm
-from rg_tracer.runtime.cpu_gemm import linear_kernels, resolve_cpu_gemm
+from rg_tracer.runtime.cpu_gemm import forward_gemm, linear_kernels, resolve_cpu_gemm
 from rg_tracer.runtime.llama_step import LlamaStep, default_layout, full_attention, supports_llama_step
 
 __all__ = ["supports_cached_decode", "cached_decode"]
@@ -62,7 +61,7 @@ def cached_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     with torch.inference_mode():
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         padded = not bool(attention_mask.all())
-        with linear_kernels(gemm, input_ids.device, model):
+        with linear_kernels(forward_gemm(gemm, model), input_ids.device):
             out = model(input_ids=input_ids, attention_mask=attention_mask if padded else None,
                         position_ids=position_ids, use_cache=True, logits_to_keep=1, **{cache_kw: cache})
         logits = out.logits[:, -1]
@@ -70,7 +69,8 @@ def cached_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
             layout = default_layout(model.model.embed_tokens.weight, gemm)
             advance = LlamaStep(model, cache, attention_mask, max_new_tokens, layout)
         else:
-            advance = _ModelStep(model, cache, cache_kw, attention_mask, position_ids, max_new_tokens, gemm)
+            advance = _ModelStep(model, cache, cache_kw, attention_mask, position_ids, max_new_tokens,
+                                 forward_gemm(gemm, model))
         tokens = input_ids.new_full((b, max_new_tokens), pad_token_id)
         held = torch.arange(b, device=input_ids.device)  # the batch rows the decode step holds
         live = torch.ones(b, dtype=torch.bool, device=input_ids.device)  # over held rows: no EOS yet
@@ -125,8 +125,7 @@ class _ModelStep:
 
     def __init__(self, model, cache, cache_kw: str, key_mask: torch.Tensor, position_ids: torch.Tensor,
                  max_new_tokens: int, gemm: str = "aten") -> None:
-        self.model, self.cache_kw, self.cache = model, cache_kw, cache
-        self.gemm = gemm if cpu_gemm.gains(model) else "aten"
+        self.model, self.cache_kw, self.cache, self.gemm = model, cache_kw, cache, gemm
         b, self.filled = key_mask.shape
         self.position = position_ids[:, -1:]
         self.keys = None  # (B, P + n) real keys; only needed with left padding

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from gepa_dapo_grn.policy_interfaces import Policy, PolicyOutput
 
-from rg_tracer.runtime.cpu_gemm import gains, linear_kernels, resolve_cpu_gemm
+from rg_tracer.runtime.cpu_gemm import forward_gemm, linear_kernels, resolve_cpu_gemm
 from rg_tracer.runtime.decode import cached_decode, supports_cached_decode
 from rg_tracer.runtime.length_groups import length_groups, overhead_positions
 from rg_tracer.runtime.precision import FLOAT32, Precision
@@ -100,7 +100,7 @@ class HFPolicyAdapter(Policy):
         super().__init__()
         self.precision = precision
         self.gemm = resolve_cpu_gemm(cpu_gemm)  # onednn or aten: the CPU kernels of fp32 linears
-        self._gains = gains(model)  # whether any linear layer is large enough to use oneDNN
+        self._forward_gemm = forward_gemm(self.gemm, model)  # aten where no layer gains from oneDNN
         self.model = model
         # the module gradient forwards go through: the model, or its DistributedDataParallel
         # wrapper under torchrun (sampling, evaluation, clone() and saving use the bare model)
@@ -138,7 +138,7 @@ class HFPolicyAdapter(Policy):
         for float32 on a CPU the linear layers' kernels (``--cpu-gemm``, :mod:`rg_tracer.runtime.cpu_gemm`)."""
         if self.precision.autocast:
             return self.precision.context(device)
-        return linear_kernels(self.gemm if self._gains else "aten", device)
+        return linear_kernels(self._forward_gemm, device)
 
     def logprobs(self, actions: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
         """Mean completion-token log-prob per sequence, (N,), from raw logits.
