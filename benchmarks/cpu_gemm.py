@@ -19,7 +19,8 @@ q/k/v 768x256, o 256x256, gate/up 2048x256, down 256x1024), one thread, in one p
   counts (as length groups produce), through ``cpu_gemm`` and through unchunked oneDNN calls,
   whose per-shape kernels oneDNN keeps with their scratch memory.
 
-Each figure is the median of ``--repeats`` timings; the two sides alternate. The ratios,
+Each figure is the median of ``--repeats`` timings (each product's arms one after another; the
+model's two sides alternate). The ratios,
 oneDNN over aten, are what to compare across machines: ``docs/performance.md`` lists them.
 """
 
@@ -27,8 +28,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -48,7 +47,7 @@ def timed(fn, repeats: int, inner: int) -> float:
         for _ in range(inner):
             fn()
         times.append((time.process_time() - t0) / inner)
-    return statistics.median(times)
+    return pc.median(times)
 
 
 def products(rows: int, repeats: int) -> dict:
@@ -82,11 +81,6 @@ def products(rows: int, repeats: int) -> dict:
     return out
 
 
-def resident_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 def cache_growth(counts: int = 200) -> dict:
     """Resident MiB added by a forward and a weight gradient at ``counts`` row counts (gate/up's
     2048 x 256 weight), through ``cpu_gemm`` and through unchunked oneDNN calls."""
@@ -100,11 +94,11 @@ def cache_growth(counts: int = 200) -> dict:
     for name, fwd, wgrad in (("cpu_gemm", lambda x: linear(x, w), weight_grad),
                              ("unchunked", lambda x: lp(x, w, None, "none", [], ""),
                               lambda g, x: lp(g.t(), x.t(), None, "none", [], ""))):
-        before = resident_mib()
+        before = pc.rss_mib()
         for n in range(301, 301 + counts):
             x, g = torch.randn(n, 256), torch.randn(n, 2048)
             fwd(x), wgrad(g, x)
-        out[name] = resident_mib() - before
+        out[name] = pc.rss_mib() - before
     return out
 
 
@@ -153,7 +147,7 @@ def model_step(repeats: int) -> dict:
             t0 = time.process_time()
             step(mode())
             times[name].append(time.process_time() - t0)
-    a, o = statistics.median(times["aten"]), statistics.median(times["onednn"])
+    a, o = pc.median(times["aten"]), pc.median(times["onednn"])
     return {"aten_ms": a * 1e3, "onednn_ms": o * 1e3, "ratio": a / o, "max_rel_grad_diff": diff}
 
 

@@ -134,8 +134,9 @@ class HFPolicyAdapter(Policy):
         return HFPolicyAdapter(ref, self.tokenizer, self.lean_sampler, self.precision, self.gemm)
 
     def computing(self, device) -> contextlib.AbstractContextManager:
-        """The context every forward runs in: autocast for ``--dtype`` (:class:`Precision`), else
-        for float32 on a CPU the linear layers' kernels (``--cpu-gemm``, :mod:`rg_tracer.runtime.cpu_gemm`)."""
+        """The context a forward runs in: autocast for ``--dtype`` (:class:`Precision`), else for
+        float32 on a CPU the linear layers' kernels (``--cpu-gemm``, :mod:`rg_tracer.runtime.cpu_gemm`).
+        The lean sampler is the exception: ``cached_decode`` chooses its own kernels."""
         if self.precision.autocast:
             return self.precision.context(device)
         return linear_kernels(self._forward_gemm, device)

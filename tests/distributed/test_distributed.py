@@ -190,20 +190,29 @@ def test_ctrl_c_on_one_rank_stops_every_rank_after_the_same_step(tmp_path, tiny_
     assert [r["step"] for r in steps(records)] == list(range(1, last + 1))
 
 
-def test_two_processes_equal_one_with_onednn_linears(tmp_path):
+def test_two_processes_equal_one_with_onednn_linears(tmp_path, monkeypatch):
     """DDP over ``--cpu-gemm onednn``'s autograd function: a model wide enough (hidden 256) that
-    its training products go to oneDNN; two ranks' update equals one process's."""
+    its MLP products go to oneDNN (the one-process run here counts the calls); two ranks'
+    update equals one process's."""
+    from rg_tracer.dapo.config import TrainConfig
+    from rg_tracer.dapo.trainer import train
     from rg_tracer.models import TinyModelSpec, init_model
-    from rg_tracer.runtime.cpu_gemm import onednn_linear_works
+    from rg_tracer.runtime import cpu_gemm
 
-    if not onednn_linear_works():
+    if not cpu_gemm.onednn_linear_works():
         pytest.skip("this torch build has no oneDNN float32 linear")
     model = tmp_path / "wide"
     init_model(model, TinyModelSpec(arch="qwen2", layers=1, hidden=256, heads=4, seed=1))
     config = train_config(model, seed_per_prompt=True, cpu_gemm="onednn", eval_every=0, max_steps=2,
-                          learning_rate=1e-3)
+                          learning_rate=1e-3, batch_size=8)
     two, (w2, w2b) = launch(tmp_path, "two", "train", **config)
-    one, (w1,) = launch(tmp_path, "one", "train", nproc=1, **config)
+    calls = []
+    apply = cpu_gemm._Linear.apply
+    monkeypatch.setattr(cpu_gemm._Linear, "apply", lambda *args: calls.append(1) or apply(*args))
+    alone = train(TrainConfig(**config, output_dir=str(tmp_path / "one")))  # one process, this one
+    assert calls  # the gradient forwards went through oneDNN
+    one = read_log(alone.run.log_path)
+    w1 = {k: v.detach() for k, v in alone.run.model.state_dict().items()}
     assert two[0]["model"]["cpu_gemm"] == one[0]["model"]["cpu_gemm"] == "onednn"
     for a, b in zip(steps(one), steps(two), strict=True):
         assert [g["completion"] for g in a["generation"]] == [g["completion"] for g in b["generation"]]
